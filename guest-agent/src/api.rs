@@ -1,0 +1,173 @@
+//! The `nutshell.agent.v1.Agent` service: protobuf in, protobuf out.
+//!
+//! Handlers stay thin: they call into the module owning the work (`probe`
+//! now; sandbox/container/process engines later) and convert results and
+//! errors to protobuf and ttrpc statuses. New RPCs of `agent.proto` land here
+//! as more `Agent` trait methods.
+
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+
+use nutshell_protocol::agent::{
+    Empty, GuestDetailsRequest, GuestDetailsResponse, NamespaceProbe, ShutdownRequest,
+    VersionRequest, VersionResponse,
+};
+use nutshell_protocol::agent_ttrpc::Agent;
+use nutshell_protocol::PROTOCOL_VERSION;
+use ttrpc::{Code, TtrpcContext};
+
+use crate::probe::{self, GuestDetails, SystemPaths};
+use crate::reaper::Reaper;
+use crate::AGENT_VERSION;
+
+/// Receives the `Shutdown` request the service accepted.
+pub struct ShutdownRequests {
+    receiver: Receiver<()>,
+}
+
+impl ShutdownRequests {
+    /// Blocks until a `Shutdown` call has been answered.
+    pub fn wait(&self) {
+        // Err means every sender is gone: no shutdown can come any more,
+        // which only happens when the service was dropped; treat as a request.
+        let _ = self.receiver.recv();
+    }
+
+    /// Like [`ShutdownRequests::wait`], with a limit; true if requested.
+    pub fn wait_timeout(&self, timeout: std::time::Duration) -> bool {
+        self.receiver.recv_timeout(timeout).is_ok()
+    }
+}
+
+/// Implementation of the `Agent` ttrpc service.
+pub struct AgentService {
+    reaper: Reaper,
+    system_paths: SystemPaths,
+    shutdown_sender: SyncSender<()>,
+}
+
+impl AgentService {
+    pub fn new(reaper: Reaper, system_paths: SystemPaths) -> (AgentService, ShutdownRequests) {
+        // One slot: a second Shutdown while the first is pending changes nothing.
+        let (shutdown_sender, receiver) = sync_channel(1);
+        let service = AgentService {
+            reaper,
+            system_paths,
+            shutdown_sender,
+        };
+        (service, ShutdownRequests { receiver })
+    }
+}
+
+/// ttrpc status carrying `err` and all its causes: "a: b: c".
+fn rpc_error(code: Code, err: &dyn std::error::Error) -> ttrpc::Error {
+    let mut message = err.to_string();
+    let mut cause = err.source();
+    while let Some(source) = cause {
+        message.push_str(": ");
+        message.push_str(&source.to_string());
+        cause = source.source();
+    }
+    ttrpc::Error::RpcStatus(ttrpc::get_status(code, message))
+}
+
+fn guest_details_to_proto(details: GuestDetails) -> GuestDetailsResponse {
+    let mut response = GuestDetailsResponse::new();
+    response.online_cpus = details.online_cpus;
+    response.mem_total_kib = details.mem_total_kib;
+    response.cgroup_controllers = details.cgroup_controllers;
+    response.cgroup_subtree_control = details.cgroup_subtree_control;
+    response.namespaces = details
+        .namespaces
+        .into_iter()
+        .map(|support| {
+            let mut probe = NamespaceProbe::new();
+            probe.kind = support.kind.to_owned();
+            match support.outcome {
+                Ok(()) => probe.unshare_ok = true,
+                Err(error) => probe.error = error,
+            }
+            probe
+        })
+        .collect();
+    response
+}
+
+impl Agent for AgentService {
+    fn version(&self, _ctx: &TtrpcContext, _req: VersionRequest) -> ttrpc::Result<VersionResponse> {
+        let mut response = VersionResponse::new();
+        response.agent_version = AGENT_VERSION.to_owned();
+        response.protocol_version = PROTOCOL_VERSION;
+        response.kernel_release = probe::kernel_release();
+        Ok(response)
+    }
+
+    fn guest_details(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: GuestDetailsRequest,
+    ) -> ttrpc::Result<GuestDetailsResponse> {
+        probe::collect_guest_details(&self.system_paths, &self.reaper)
+            .map(guest_details_to_proto)
+            .map_err(|err| rpc_error(Code::INTERNAL, &err))
+    }
+
+    fn shutdown(&self, _ctx: &TtrpcContext, _req: ShutdownRequest) -> ttrpc::Result<Empty> {
+        // The main thread powers off once this reply is out (see server.rs).
+        // A full slot means a shutdown is already pending: nothing to add.
+        let _ = self.shutdown_sender.try_send(());
+        log::info!("shutdown requested");
+        Ok(Empty::new())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::probe::NamespaceSupport;
+
+    #[test]
+    fn rpc_errors_carry_the_whole_cause_chain() {
+        let err = crate::probe::ProbeError::Read {
+            path: "/proc/meminfo".into(),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        };
+        let ttrpc::Error::RpcStatus(status) = rpc_error(Code::INTERNAL, &err) else {
+            panic!("expected an RPC status");
+        };
+        assert_eq!(status.code(), Code::INTERNAL);
+        assert_eq!(
+            status.message(),
+            "cannot read /proc/meminfo: entity not found"
+        );
+    }
+
+    #[test]
+    fn guest_details_convert_to_proto() {
+        let details = GuestDetails {
+            online_cpus: 2,
+            mem_total_kib: 4096,
+            cgroup_controllers: vec!["cpu".into(), "memory".into()],
+            cgroup_subtree_control: vec!["cpu".into()],
+            namespaces: vec![
+                NamespaceSupport {
+                    kind: "uts",
+                    outcome: Ok(()),
+                },
+                NamespaceSupport {
+                    kind: "time",
+                    outcome: Err("unshare: EINVAL".into()),
+                },
+            ],
+        };
+        let proto = guest_details_to_proto(details);
+        assert_eq!(proto.online_cpus, 2);
+        assert_eq!(proto.mem_total_kib, 4096);
+        assert_eq!(proto.cgroup_controllers, ["cpu", "memory"]);
+        assert_eq!(proto.cgroup_subtree_control, ["cpu"]);
+        assert_eq!(proto.namespaces.len(), 2);
+        assert!(proto.namespaces[0].unshare_ok && proto.namespaces[0].error.is_empty());
+        assert_eq!(proto.namespaces[1].kind, "time");
+        assert!(!proto.namespaces[1].unshare_ok);
+        assert_eq!(proto.namespaces[1].error, "unshare: EINVAL");
+    }
+}

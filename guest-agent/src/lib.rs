@@ -1,0 +1,22 @@
+//! nutshell guest agent: PID 1 of the pod microVM.
+//!
+//! * [`init`]: boot-time mounts, console, cgroup v2 controllers (PID 1 only);
+//! * [`reaper`]: zombie reaping that keeps exit statuses of tracked children;
+//! * [`probe`]: guest details gathered at request time;
+//! * [`api`]: the `Agent` ttrpc service implementation;
+//! * [`server`]: the ttrpc server on vsock and its orderly stop;
+//! * [`power`]: powering the VM off;
+//! * [`config`]: command line and the run-mode decisions derived from it.
+
+pub mod api;
+pub mod cgroup;
+pub mod config;
+pub mod init;
+pub mod logger;
+pub mod power;
+pub mod probe;
+pub mod reaper;
+pub mod server;
+
+/// Version reported by `Version` and printed on the console.
+pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,33 @@
+//! nutshell host <-> guest agent API.
+//!
+//! The service is defined once in `proto/agent.proto` (package
+//! `nutshell.agent.v1`, service `Agent`) and compiled by `build.rs` into:
+//! * [`agent`]: the protobuf messages (`VersionRequest`, `GuestDetailsResponse`, ...),
+//! * [`agent_ttrpc`]: the synchronous ttrpc stubs: the `Agent` trait the guest
+//!   implements, `create_agent()` to register it with a `ttrpc::Server`, and
+//!   the raw `AgentClient`.
+//!
+//! With the `client` feature (default), [`client::AgentClient`] wraps the raw
+//! stub with the hybrid vsock handshake and per-call timeouts for the host.
+
+mod generated {
+    include!(concat!(env!("OUT_DIR"), "/generated.rs"));
+}
+
+pub use generated::{agent, agent_ttrpc};
+
+#[cfg(feature = "client")]
+pub mod client;
+
+#[cfg(feature = "client")]
+pub use client::{AgentClient, ClientError};
+
+/// Guest vsock port the agent's ttrpc server listens on.
+pub const AGENT_VSOCK_PORT: u32 = 1024;
+
+/// Version of the API in `proto/agent.proto`, reported by `Version`.
+/// Bump on incompatible changes only; additive changes keep it.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Fully qualified ttrpc service name, as it appears on the wire.
+pub const AGENT_SERVICE_NAME: &str = "nutshell.agent.v1.Agent";

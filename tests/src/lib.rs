@@ -1,0 +1,7 @@
+//! nutshell's test infrastructure.
+//!
+//! [`ground`] runs commands and `cargo test` groups "on a KVM host": directly where /dev/kvm has
+//! hardware virtualization behind it, otherwise inside a nested L1 Linux under QEMU TCG.
+
+pub mod ground;
+pub mod pod_guest;

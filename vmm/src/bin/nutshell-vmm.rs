@@ -1,0 +1,154 @@
+//! `nutshell-vmm`: boots one microVM and runs it until the guest exits.
+//!
+//! Exit status: 0 the guest powered off cleanly; 1 bad input or the VM could not be built;
+//! 3 the guest reset itself (kernel panic or unmanaged reboot); 4 a vCPU failed;
+//! 128+N stopped by signal N.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use nutshell_vmm::config::DEFAULT_CMDLINE;
+use nutshell_vmm::devices::virtio::vsock::VsockConfig;
+use nutshell_vmm::{GuestExit, VmConfig};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "nutshell-vmm",
+    version,
+    about = "Boot a nutshell microVM on KVM",
+    after_help = "Exit status: 0 guest powered off; 1 bad input or build failure; 3 guest reset (panic/reboot); 4 vCPU failure; 128+N stopped by signal N."
+)]
+struct Args {
+    /// Guest kernel: vmlinux with a PVH note, or bzImage.
+    #[arg(long)]
+    kernel: PathBuf,
+    /// Initramfs (newc cpio, optionally compressed).
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 256)]
+    mem_mib: u64,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1)]
+    vcpus: u32,
+    /// Kernel command line (the VMM appends its virtio-mmio device entries).
+    #[arg(long, default_value = DEFAULT_CMDLINE)]
+    cmdline: String,
+    /// Append to the default command line instead of replacing it.
+    #[arg(long)]
+    cmdline_append: Option<String>,
+    /// Hybrid vsock Unix socket: host connects and writes `CONNECT <port>\n`.
+    #[arg(long)]
+    vsock_uds: Option<PathBuf>,
+    /// Guest vsock context ID.
+    #[arg(long, default_value_t = 3)]
+    vsock_cid: u64,
+    /// File that receives the guest console (default: discarded).
+    #[arg(long)]
+    serial_log: Option<PathBuf>,
+}
+
+struct StderrLogger(log::LevelFilter);
+
+impl log::Log for StderrLogger {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        metadata.level() <= self.0
+    }
+    fn log(&self, record: &log::Record) {
+        if self.enabled(record.metadata()) {
+            eprintln!("nutshell-vmm: {}: {}", record.level(), record.args());
+        }
+    }
+    fn flush(&self) {}
+}
+
+fn init_logging() {
+    let level = std::env::var("NUTSHELL_LOG")
+        .ok()
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(log::LevelFilter::Warn);
+    let logger: &'static StderrLogger = Box::leak(Box::new(StderrLogger(level)));
+    if log::set_logger(logger).is_ok() {
+        log::set_max_level(level);
+    }
+}
+
+/// Blocks SIGINT, SIGTERM and SIGHUP in every thread (threads inherit the mask) and returns
+/// the set, to be waited for by one thread that stops the VM cleanly.
+fn block_stop_signals() -> anyhow::Result<libc::sigset_t> {
+    // SAFETY: sigset_t is plain data; sigemptyset initialises it before use.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid sigset_t owned by this frame; the calls only write to it and to
+    // this thread's signal mask.
+    let rc = unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut())
+    };
+    anyhow::ensure!(rc == 0, "cannot block stop signals: error {rc}");
+    Ok(set)
+}
+
+fn run(args: Args) -> anyhow::Result<GuestExit> {
+    let mut cmdline = args.cmdline;
+    if let Some(extra) = args.cmdline_append {
+        cmdline.push(' ');
+        cmdline.push_str(&extra);
+    }
+    let config = VmConfig {
+        kernel: args.kernel,
+        initrd: args.initrd,
+        mem_mib: args.mem_mib,
+        vcpus: args.vcpus,
+        cmdline,
+        serial_log: args.serial_log,
+        vsock: args.vsock_uds.map(|uds_path| VsockConfig {
+            guest_cid: args.vsock_cid,
+            uds_path,
+        }),
+    };
+    let signals = block_stop_signals()?;
+    let mut vm = nutshell_vmm::build(&config).context("cannot start the VM")?;
+
+    let exits = vm.exit_sender();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut signal: libc::c_int = 0;
+            // SAFETY: `signals` is an initialised set and `signal` a valid out-parameter.
+            if unsafe { libc::sigwait(&signals, &mut signal) } == 0 {
+                let _ = exits.send(GuestExit::Stopped { signal });
+            }
+        })
+        .context("cannot start the signal thread")?;
+
+    let exit = vm.wait();
+    if let GuestExit::Reset { .. } = exit {
+        if let Some(panic) = vm.console().panic_message() {
+            eprintln!("nutshell-vmm: guest kernel panicked: {panic}");
+        }
+    }
+    drop(vm);
+    Ok(exit)
+}
+
+fn main() -> ExitCode {
+    init_logging();
+    let args = Args::parse();
+    match run(args) {
+        Ok(exit) => {
+            if exit != GuestExit::PowerOff {
+                eprintln!("nutshell-vmm: {exit}");
+            }
+            ExitCode::from(exit.exit_code().clamp(0, 255) as u8)
+        }
+        Err(e) => {
+            eprintln!("nutshell-vmm: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

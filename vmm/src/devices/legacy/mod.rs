@@ -1,0 +1,4 @@
+//! Legacy PC devices on the port-I/O bus: the 8250 console and the i8042 reset line.
+
+pub mod i8042;
+pub mod serial;

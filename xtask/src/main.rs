@@ -1,0 +1,64 @@
+//! `cargo xtask <command>`: build orchestration for nutshell.
+//!
+//! - `build`: guest kernel (cached by content hash), guest initramfs, release binaries.
+//! - `kernel [guest|test-host|all]`: just the kernels.
+//! - `demo`: build, then boot the demo guest on a KVM host (nested when needed): agent
+//!   version, guest details, clean shutdown.
+//! - `test`: build, then every test of the workspace (unit and end-to-end).
+//! - `bench [--boots N]`: boot latency and VMM memory, beside QEMU on the same kernel.
+
+mod artifacts;
+mod bench;
+mod demo;
+
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (cmd, rest) = args
+        .split_first()
+        .map(|(c, r)| (c.as_str(), r))
+        .unwrap_or(("help", &[]));
+    match cmd {
+        "kernel" => {
+            let flavors: &[&str] = match rest.first().map(String::as_str) {
+                None | Some("guest") => &["guest"],
+                Some("test-host") => &["test-host"],
+                Some("all") => &["guest", "test-host"],
+                Some(other) => bail!("unknown kernel flavor '{other}' (guest, test-host or all)"),
+            };
+            for flavor in flavors {
+                println!("{}", artifacts::kernel(flavor)?.display());
+            }
+            Ok(())
+        }
+        "build" => artifacts::build_all().map(|_| ()),
+        "demo" => demo::run(),
+        "demo-guest" => demo::boot_and_talk(),
+        "test" => test(rest),
+        "bench" => bench::run(rest),
+        "bench-inner" => bench::inner(rest),
+        _ => {
+            eprintln!("usage: cargo xtask <build|kernel [guest|test-host|all]|demo|test|bench [--boots N]>");
+            Ok(())
+        }
+    }
+}
+
+/// README's test command: builds everything, then runs every test of the workspace.
+fn test(extra: &[String]) -> Result<()> {
+    let image = artifacts::build_all()?;
+    artifacts::kernel("test-host")?;
+    let status = Command::new(env!("CARGO"))
+        .args(["test", "--workspace", "--no-fail-fast"])
+        .args(extra)
+        .envs(image.env())
+        .status()
+        .context("cannot run cargo test")?;
+    if !status.success() {
+        bail!("tests failed ({status})");
+    }
+    Ok(())
+}
