@@ -112,7 +112,8 @@ impl Agent for AgentService {
     }
 
     fn shutdown(&self, _ctx: &TtrpcContext, _req: ShutdownRequest) -> ttrpc::Result<Empty> {
-        // The main thread powers off once this reply is out (see server.rs).
+        // main() stops the server (which writes this reply out), then powers
+        // off (see power.rs).
         // A full slot means a shutdown is already pending: nothing to add.
         let _ = self.shutdown_sender.try_send(());
         log::info!("shutdown requested");

@@ -1,7 +1,7 @@
 //! Command line, and how the agent behaves depending on whether it is PID 1.
 //!
-//! As PID 1 (in the guest) the agent mounts, reaps every child and resets
-//! the VM on `Shutdown`. Anywhere else it mounts nothing, only reaps its own
+//! As PID 1 (in the guest) the agent mounts, reaps every child and powers
+//! the VM off on `Shutdown`. Anywhere else it mounts nothing, only reaps its own
 //! children and just exits on `Shutdown`: safe on a developer host.
 
 use log::LevelFilter;
@@ -127,7 +127,7 @@ impl AgentConfig {
                 log_level,
                 init: Some(InitConfig::guest()),
                 reap_scope: ReapScope::AllChildren,
-                power_off: PowerOffAction::ResetVm,
+                power_off: PowerOffAction::PowerOffVm,
             }
         } else {
             AgentConfig {
@@ -199,12 +199,12 @@ mod tests {
     }
 
     #[test]
-    fn pid1_gets_guest_init_and_vm_reset() {
+    fn pid1_gets_guest_init_and_vm_power_off() {
         let config = AgentConfig::new(CommandLine::default(), true, None);
         assert_eq!(config.listen_address, "vsock://-1:1024");
         assert_eq!(config.init, Some(InitConfig::guest()));
         assert_eq!(config.reap_scope, ReapScope::AllChildren);
-        assert_eq!(config.power_off, PowerOffAction::ResetVm);
+        assert_eq!(config.power_off, PowerOffAction::PowerOffVm);
         assert_eq!(config.log_level, LevelFilter::Warn);
     }
 

@@ -233,7 +233,8 @@ fn emit(echo: Echo, prefix: &str, line: &[u8]) {
     }
 }
 
-/// A fresh directory `/tmp/nutshell-ground-XXXXXX`, removed with everything in it on drop.
+/// A fresh directory `/tmp/nutshell-ground-XXXXXX`, removed with everything in it on drop. It
+/// names its owner process, so that the next run removes it if its owner was killed (SIGKILL).
 pub(crate) struct Scratch {
     path: PathBuf,
 }
@@ -241,7 +242,7 @@ pub(crate) struct Scratch {
 impl Scratch {
     pub(crate) fn create() -> Result<Self, GroundError> {
         let parent = Path::new("/tmp");
-        let template = parent.join("nutshell-ground-XXXXXX");
+        let template = parent.join(format!("{SCRATCH_PREFIX}XXXXXX"));
         let template = CString::new(template.as_os_str().as_bytes()).expect("no NUL in template");
         let mut bytes = template.into_bytes_with_nul();
         // SAFETY: `bytes` is a writable, NUL-terminated buffer ending in "XXXXXX", as mkdtemp
@@ -255,7 +256,17 @@ impl Scratch {
         }
         bytes.pop();
         let path = PathBuf::from(String::from_utf8(bytes).expect("mkdtemp keeps ASCII"));
-        Ok(Self { path })
+        let scratch = Self { path };
+        let me = std::process::id();
+        let owner = format!("{me} {}\n", process_start(me).unwrap_or(0));
+        let owner_file = scratch.path.join(OWNER_FILE);
+        std::fs::write(&owner_file, owner).map_err(|source| GroundError::Io {
+            action: "write",
+            path: owner_file,
+            source,
+        })?;
+        sweep_stale(parent);
+        Ok(scratch)
     }
 
     pub(crate) fn path(&self) -> &Path {
@@ -267,6 +278,43 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.path);
     }
+}
+
+const SCRATCH_PREFIX: &str = "nutshell-ground-";
+/// `PID STARTTIME` of the process that made a scratch directory.
+const OWNER_FILE: &str = "owner";
+
+/// Removes the scratch directories of runners that died without cleaning up (SIGKILL).
+fn sweep_stale(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if !name.to_string_lossy().starts_with(SCRATCH_PREFIX) {
+            continue;
+        }
+        // No owner file yet: being created right now, leave it.
+        let Ok(owner) = std::fs::read_to_string(entry.path().join(OWNER_FILE)) else {
+            continue;
+        };
+        let mut words = owner.split_whitespace().map(|w| w.parse::<u64>().ok());
+        let (Some(Some(pid)), Some(Some(start))) = (words.next(), words.next()) else {
+            continue;
+        };
+        let alive = u32::try_from(pid)
+            .ok()
+            .and_then(process_start)
+            .is_some_and(|now| now == start || start == 0);
+        if !alive {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// A process's start time (clock ticks after boot, field 22 of /proc/PID/stat).
+fn process_start(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, after_comm) = stat.rsplit_once(')')?;
+    after_comm.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// The last `lines` lines of a log file, or a note saying why there are none.
