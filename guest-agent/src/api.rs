@@ -25,7 +25,8 @@ pub struct ShutdownRequests {
 }
 
 impl ShutdownRequests {
-    /// Blocks until a `Shutdown` call has been answered.
+    /// Blocks until the service accepted a `Shutdown` call. Its reply may
+    /// still be queued: stop the server (which writes it) before powering off.
     pub fn wait(&self) {
         // Err means every sender is gone: no shutdown can come any more,
         // which only happens when the service was dropped; treat as a request.

@@ -25,6 +25,10 @@ pub use client::{AgentClient, ClientError};
 /// Guest vsock port the agent's ttrpc server listens on.
 pub const AGENT_VSOCK_PORT: u32 = 1024;
 
+/// Guest vsock port for stdio streams (one connection per stream; see
+/// `StdioAttach` in `proto/agent.proto`).
+pub const STDIO_VSOCK_PORT: u32 = 1025;
+
 /// Version of the API in `proto/agent.proto`, reported by `Version`.
 /// Bump on incompatible changes only; additive changes keep it.
 pub const PROTOCOL_VERSION: u32 = 1;

@@ -2,11 +2,12 @@
 # /init of the nested test host ("L1"), written by nutshell-tests' ground runner.
 #
 # It mounts the host's root filesystem (9p, read-only) at /host with its own proc, sysfs, devtmpfs,
-# cgroup2 and writable tmpfs scratch, mounts the run's scratch export at the same absolute path it
-# has on the host, then chroots into /host and runs $SCRATCH/ctl/cmd.sh there with stdout and
-# stderr on two virtio-serial ports. The exit status goes to $SCRATCH/ctl/status. Then it writes
-# the run's end marker on both output ports, reports "exit N" on the control port and waits for the
-# runner's "ack" (it has read everything) before powering off: queued port data dies with L1.
+# cgroup2 and writable tmpfs scratch, mounts the run's shared scratch export (kernel parameter
+# nutshell.scratch=) at the same absolute path it has on the host, then chroots into /host and
+# runs $SCRATCH/ctl/cmd.sh there with stdout and stderr on two virtio-serial ports. The exit status
+# goes to $SCRATCH/ctl/status. Then it writes the run's end marker on both output ports, reports
+# "exit N" on the control port and waits for the runner's "ack" (it has read everything) before
+# powering off: port data still queued would die with L1.
 # Its own messages go to the kernel console (ttyS0), which the runner keeps in a log file.
 
 /bin/busybox mkdir -p /bin /sbin /usr/bin /usr/sbin
@@ -25,14 +26,17 @@ fail() {
 mount -t proc proc /proc || fail "mount /proc"
 mount -t sysfs sysfs /sys || fail "mount /sys"
 mount -t devtmpfs devtmpfs /dev || fail "mount /dev"
+uptime() { cut -d' ' -f1 /proc/uptime; }
+say "init started at $(uptime) s"
 
-SCRATCH= MARK=
+SCRATCH=
 for word in $(cat /proc/cmdline); do
     case "$word" in
         nutshell.scratch=*) SCRATCH=${word#nutshell.scratch=} ;;
-        nutshell.end=*) MARK=${word#nutshell.end=} ;;
     esac
 done
+# The end marker is in the initramfs only: the chrooted command cannot print it by accident.
+MARK=$(cat /etc/nutshell-end)
 
 # The virtio-serial ports appear asynchronously after the driver probes; find them by name.
 port() {
@@ -58,7 +62,7 @@ exec 5<>"$CTL" || fail "open $CTL"
 CTL_OPEN=1
 exec 3>"$OUT" 4>"$ERR" || fail "open $OUT and $ERR"
 [ -n "$SCRATCH" ] || fail "no nutshell.scratch= on the kernel command line"
-[ -n "$MARK" ] || fail "no nutshell.end= on the kernel command line"
+[ -n "$MARK" ] || fail "no end marker in /etc/nutshell-end"
 
 H=/host
 NINEP="trans=virtio,version=9p2000.L,msize=524288"
@@ -87,6 +91,7 @@ done
 ip link set lo up 2>/dev/null
 hostname nutshell-l1
 
+say "running the command at $(uptime) s"
 echo ready >&5
 chroot "$H" /bin/sh "$SCRATCH/ctl/cmd.sh" < /dev/null >&3 2>&4 3>&- 4>&- 5>&-
 rc=$?

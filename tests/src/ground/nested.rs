@@ -2,8 +2,8 @@
 //! /dev/kvm) and run the command inside it, in a chroot of the host's root filesystem.
 //!
 //! The command's stdout and stderr and a control channel travel over virtio-serial ports (see
-//! `channels.rs`); the exit status is written to the scratch directory (`ctl/status`); the L1
-//! kernel console goes to `ctl/console.log`, shown when L1 fails.
+//! `channels.rs`); the exit status is written to the shared scratch directory (`ctl/status`); the
+//! L1 kernel console goes to the runner's `l1/console.log`, shown when L1 fails.
 
 use std::ffi::OsStr;
 use std::io;
@@ -44,40 +44,53 @@ pub(crate) fn run(
     detection: &Detection,
     prepared: &Prepared,
 ) -> Result<GroundOutcome, GroundError> {
+    // <root>/l1 is the runner's own (sockets, logs, the initramfs with the end marker);
+    // <root>/share is exported to L1 and mounted there at the same path.
     let scratch = Scratch::create()?;
     let root = scratch.path();
-    let ctl = root.join("ctl");
-    let work = root.join("work");
-    for dir in [&ctl, &work] {
+    let private = root.join("l1");
+    let share = root.join("share");
+    let ctl = share.join("ctl");
+    let work = share.join("work");
+    for dir in [&private, &share, &ctl, &work] {
         std::fs::create_dir(dir).map_err(|source| io_error("create", dir, source))?;
     }
     super::announce(cmd, detection, root);
 
-    let script = command_script(cmd, &work);
-    write(&ctl.join("cmd.sh"), &script)?;
-    let init = ctl.join("l1-init.sh");
-    write(&init, L1_INIT.as_bytes())?;
-    let busybox = InitramfsFile {
-        src: prepared.busybox.clone(),
-        dst: "/bin/busybox".into(),
-    };
-    let dirs = ["/host", "/proc", "/sys", "/dev", "/tmp"];
-    let initrd = assets::build_initramfs(&ctl.join("l1.cpio"), &init, &[busybox], &dirs)?;
-
+    write(&ctl.join("cmd.sh"), &command_script(cmd, &work))?;
+    // The marker must stay unknown to the command: it travels inside the initramfs, which the
+    // chrooted command does not see, not on the kernel command line.
     let marker = channels::end_marker()?;
+    let marker_file = private.join("end-marker");
+    write(&marker_file, marker.as_bytes())?;
+    let init = private.join("l1-init.sh");
+    write(&init, L1_INIT.as_bytes())?;
+    let files = [
+        InitramfsFile {
+            src: prepared.busybox.clone(),
+            dst: "/bin/busybox".into(),
+        },
+        InitramfsFile {
+            src: marker_file,
+            dst: "/etc/nutshell-end".into(),
+        },
+    ];
+    let dirs = ["/host", "/proc", "/sys", "/dev", "/tmp"];
+    let initrd = assets::build_initramfs(&private.join("l1.cpio"), &init, &files, &dirs)?;
+
     let prefix = cmd
         .echo
         .then(|| cmd.echo_prefix.clone().unwrap_or_else(|| "[L1] ".into()));
-    let channels = Channels::listen(&ctl, &marker, prefix)?;
+    let channels = Channels::listen(&private, &marker, prefix)?;
 
-    let console = ctl.join("console.log");
-    let qemu_log = ctl.join("qemu.log");
+    let console = private.join("console.log");
+    let qemu_log = private.join("qemu.log");
     let log = std::fs::File::create(&qemu_log).map_err(|e| io_error("create", &qemu_log, e))?;
     let log2 = log
         .try_clone()
         .map_err(|e| io_error("reopen", &qemu_log, e))?;
     let mut qemu = Command::new(&prepared.qemu);
-    qemu.args(qemu_args(cmd, prepared, root, &initrd, &console, &marker))
+    qemu.args(qemu_args(cmd, prepared, &share, &initrd, &console))
         .args(port_args("ctl", 1, &channels.ctl_socket))
         .args(port_args("stdout", 2, &channels.stdout_socket))
         .args(port_args("stderr", 3, &channels.stderr_socket))
@@ -149,12 +162,11 @@ fn qemu_args(
     scratch: &Path,
     initrd: &Path,
     console: &Path,
-    marker: &str,
 ) -> Vec<String> {
     let scratch = scratch.display();
     let append = format!(
         "console=ttyS0 reboot=t panic=-1 quiet tsc_early_khz={} tsc=reliable \
-         nutshell.scratch={scratch} nutshell.end={marker}",
+         nutshell.scratch={scratch}",
         prepared.tsc_khz
     );
     let args = [

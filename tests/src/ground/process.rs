@@ -286,7 +286,9 @@ const OWNER_FILE: &str = "owner";
 
 /// Removes the scratch directories of runners that died without cleaning up (SIGKILL).
 fn sweep_stale(parent: &Path) {
-    let Ok(entries) = std::fs::read_dir(parent) else { return };
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
     for entry in entries.flatten() {
         let name = entry.file_name();
         if !name.to_string_lossy().starts_with(SCRATCH_PREFIX) {
