@@ -7,7 +7,7 @@
 //! way drops what was made before it: no socket file, thread or VM is left behind.
 
 use std::fs::File;
-use std::io::BufWriter;
+use std::io::LineWriter;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
@@ -221,13 +221,13 @@ pub fn build(config: &VmConfig) -> Result<RunningVm, BuildError> {
     let mut mmio = Bus::new();
 
     let serial_file: Option<Box<dyn std::io::Write + Send>> = match &config.serial_log {
-        Some(path) => Some(Box::new(BufWriter::with_capacity(
-            1024,
-            File::create(path).map_err(|source| BuildError::SerialLog {
+        // Line-buffered: the log is read live (and after a crash) by whoever watches it.
+        Some(path) => Some(Box::new(LineWriter::new(File::create(path).map_err(
+            |source| BuildError::SerialLog {
                 path: path.clone(),
                 source,
-            })?,
-        ))),
+            },
+        )?))),
         None => None,
     };
     let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd)?;

@@ -6,9 +6,10 @@
 //! /dev/kvm boots the pod guests. L1 sees the host's root filesystem read-only over virtio-9p, so
 //! every host binary runs there as it is; see `l1-init.sh` for what is writable inside.
 //!
-//! Every run has a scratch directory `/tmp/nutshell-ground-XXXXXX`, writable in both modes and at
-//! the same path (L1 mounts it over 9p), handed to the command as `NUTSHELL_GROUND_SCRATCH`
-//! (its `work/` subdirectory) and removed when the run ends.
+//! Every run has a scratch directory `/tmp/nutshell-ground-XXXXXX`, removed when the run ends. The
+//! command gets a writable directory inside it as `NUTSHELL_GROUND_SCRATCH`, at the same path in
+//! both modes (nested, L1 mounts it over 9p at its host path, while the rest of L1's /tmp is its
+//! own tmpfs).
 
 mod assets;
 mod channels;
@@ -397,4 +398,41 @@ fn announce(cmd: &GroundCommand, detection: &Detection, scratch: &std::path::Pat
         cmd.display(),
         scratch.display()
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shell_codes_map_to_signals() {
+        assert_eq!(ExitStatus::from_shell(0), ExitStatus::Code(0));
+        assert_eq!(ExitStatus::from_shell(101), ExitStatus::Code(101));
+        assert_eq!(ExitStatus::from_shell(128), ExitStatus::Code(128));
+        assert_eq!(ExitStatus::from_shell(137), ExitStatus::Signal(9));
+        assert_eq!(ExitStatus::Signal(9).shell_code(), 137);
+        assert!(ExitStatus::Code(0).success() && !ExitStatus::Signal(15).success());
+    }
+
+    #[test]
+    fn rejects_what_cannot_cross_to_l1() {
+        assert!(GroundCommand::new("true").validate().is_ok());
+        let bad = [
+            GroundCommand::new(""),
+            GroundCommand::new("a\0b"),
+            GroundCommand::new("true").env("A=B", "c"),
+            GroundCommand::new("true").cpus(0),
+            GroundCommand::new("true").memory_mib(64),
+        ];
+        for cmd in bad {
+            let err = cmd.validate().expect_err("invalid command accepted");
+            assert!(matches!(err, GroundError::InvalidCommand { .. }), "{err}");
+        }
+    }
+
+    #[test]
+    fn displays_commands_readably() {
+        let cmd = GroundCommand::new("sh").args(["-c", "echo hi", ""]);
+        assert_eq!(cmd.display(), "sh -c 'echo hi' ''");
+    }
 }

@@ -10,7 +10,7 @@ use std::sync::mpsc::Sender;
 use std::sync::{Arc, Once};
 use std::thread::JoinHandle;
 
-use kvm_bindings::CpuId;
+use kvm_bindings::{kvm_xcr, kvm_xcrs, CpuId};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
 use super::memory::GuestMemoryMmap;
@@ -92,6 +92,18 @@ impl Vcpu {
         };
         let cpuid = cpuid::normalize(supported_cpuid, cpuid::VcpuTopology { index, count });
         self.fd.set_cpuid2(&cpuid).map_err(setup("CPUID"))?;
+        if let Some(xcr0) = cpuid::boot_xcr0(&cpuid) {
+            let mut xcrs = kvm_xcrs {
+                nr_xcrs: 1,
+                ..Default::default()
+            };
+            xcrs.xcrs[0] = kvm_xcr {
+                xcr: 0,
+                value: xcr0,
+                ..Default::default()
+            };
+            self.fd.set_xcrs(&xcrs).map_err(setup("XCR0"))?;
+        }
         self.fd.set_msrs(&msr::boot_msrs()).map_err(setup("MSRs"))?;
         self.fd.set_fpu(&regs::boot_fpu()).map_err(setup("FPU"))?;
         let mut lapic = self.fd.get_lapic().map_err(setup("LAPIC read"))?;

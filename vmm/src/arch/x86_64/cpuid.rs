@@ -21,6 +21,7 @@ const LEAF_AMD_TOPOLOGY: u32 = 0x8000_001e;
 
 const ECX_HYPERVISOR: u32 = 1 << 31;
 const EDX_HTT: u32 = 1 << 28;
+const ECX_XSAVE: u32 = 1 << 26;
 
 /// XCR0 bits we let the guest enable: x87, SSE, AVX.
 const XCR0_X87_SSE_AVX: u32 = 0x7;
@@ -43,6 +44,17 @@ pub fn normalize(supported: &CpuId, topo: VcpuTopology) -> CpuId {
     let mut out: Vec<kvm_cpuid_entry2> = Vec::with_capacity(supported.as_slice().len());
     for entry in supported.as_slice() {
         let mut e = *entry;
+        if topo.index == 0 && matches!(e.function, LEAF_FEATURES | LEAF_XSAVE) {
+            log::debug!(
+                "KVM CPUID {:#x}.{}: eax={:#x} ebx={:#x} ecx={:#x} edx={:#x}",
+                e.function,
+                e.index,
+                e.eax,
+                e.ebx,
+                e.ecx,
+                e.edx
+            );
+        }
         if e.function == LEAF_XSAVE && !normalize_xsave(&mut e) {
             continue;
         }
@@ -108,6 +120,24 @@ pub fn normalize(supported: &CpuId, topo: VcpuTopology) -> CpuId {
     }
     // The entries came from a CpuId of at most KVM_MAX_CPUID_ENTRIES and we only removed some.
     CpuId::from_entries(&out).expect("normalised CPUID has no more entries than KVM's set")
+}
+
+/// The XCR0 a vCPU starts with: every XSAVE component the normalised CPUID offers.
+///
+/// Linux enables exactly these with XSETBV early in boot. Setting them up front keeps KVM's
+/// view of XCR0 right even where XSETBV does not reach KVM: QEMU TCG's nested SVM does not
+/// intercept it, so the nested KVM would size leaf 0xD.0 EBX for the reset XCR0 (x87 only),
+/// the guest would find the XSAVE size inconsistent and fall back to FXSAVE.
+/// Returns `None` when the guest gets no XSAVE.
+pub fn boot_xcr0(cpuid: &CpuId) -> Option<u64> {
+    let entries = cpuid.as_slice();
+    let xsave = entries
+        .iter()
+        .any(|e| e.function == LEAF_FEATURES && e.ecx & ECX_XSAVE != 0);
+    let leaf_d = entries
+        .iter()
+        .find(|e| e.function == LEAF_XSAVE && e.index == 0)?;
+    xsave.then(|| u64::from(leaf_d.eax & XCR0_X87_SSE_AVX) | 1)
 }
 
 /// Limits leaf 0xD to x87/SSE/AVX. Returns false for sub-leaves that must be dropped.
@@ -210,6 +240,19 @@ mod tests {
         assert_eq!(find(&out, LEAF_XSAVE, 1).unwrap().eax, 0x1);
         assert!(find(&out, LEAF_XSAVE, 2).is_some());
         assert!(find(&out, LEAF_XSAVE, 5).is_none());
+    }
+
+    #[test]
+    fn boot_xcr0_matches_offered_components() {
+        let with_xsave = CpuId::from_entries(&[
+            entry(LEAF_FEATURES, 0, 0, 0, ECX_XSAVE, 0),
+            entry(LEAF_XSAVE, 0, 0x2e7, 2696, 2696, 0),
+        ])
+        .unwrap();
+        let out = normalize(&with_xsave, VcpuTopology { index: 0, count: 1 });
+        assert_eq!(boot_xcr0(&out), Some(0x7));
+        let without = CpuId::from_entries(&[entry(LEAF_FEATURES, 0, 0, 0, 0, 0)]).unwrap();
+        assert_eq!(boot_xcr0(&without), None);
     }
 
     #[test]
