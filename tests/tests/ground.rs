@@ -1,6 +1,7 @@
 //! Acceptance of the test ground (issue 2), run from the host with
 //! `cargo test -p nutshell-tests --test ground`. Three ground runs in all (three L1 boots when
-//! nested): the KVM group, the failing group and the hanging command.
+//! nested): the KVM group, the failing group (the failure test playing it in a child process)
+//! and the hanging command.
 
 mod ground_support;
 
@@ -37,32 +38,31 @@ fn failing_case() {
     panic!("{PANIC_MARKER}");
 }
 
-/// Run by `failing_group_fails_with_its_output`, in a child process: it must fail.
-#[test]
-#[ignore = "fails on purpose; run by failing_group_fails_with_its_output"]
-fn failing_group() {
-    ground::group(
-        "failing_group",
-        &[("passing", passing_case), ("failing", failing_case)],
-    );
-}
+/// Set in the child process that plays the failing group.
+const FIXTURE_ENV: &str = "NUTSHELL_TEST_FIXTURE";
+const GROUP: &str = "failing_group_fails_with_its_output";
 
 /// Acceptance 3 (failure) and 4: a failing case on the ground fails its test, and the failure
 /// carries the case's output; the runner prints L1's boot time and the command's run time.
+///
+/// The test runs itself in a child process with [`FIXTURE_ENV`] set; there (and on the ground,
+/// where `NUTSHELL_*` passes through) it is a group with a failing case, which must fail.
 #[test]
 fn failing_group_fails_with_its_output() {
+    if std::env::var_os(FIXTURE_ENV).is_some() {
+        ground::group(
+            GROUP,
+            &[("passing", passing_case), ("failing", failing_case)],
+        );
+        return;
+    }
     let exe = std::env::current_exe().expect("current test executable");
     let out = Command::new(exe)
-        .args([
-            "failing_group",
-            "--exact",
-            "--include-ignored",
-            "--nocapture",
-        ])
-        .args(["--test-threads=1"])
+        .args([GROUP, "--exact", "--nocapture", "--test-threads=1"])
+        .env(FIXTURE_ENV, "failing")
         .env_remove(ON_KVM_HOST_ENV)
         .output()
-        .expect("run this test binary's failing_group");
+        .expect("run this test binary as the failing group");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let all = format!("--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}");
@@ -88,7 +88,7 @@ fn failing_group_fails_with_its_output() {
     assert!(!stdout.contains(STDERR_MARKER), "stderr leaked into stdout");
     // The outer failure names the failed case and quotes the output.
     let failure = stderr
-        .split("group failing_group failed on the KVM host")
+        .split(&format!("group {GROUP} failed on the KVM host"))
         .nth(1)
         .unwrap_or_else(|| panic!("the group's failure message is missing\n{all}"));
     assert!(failure.contains("failed cases: [failing]"), "{all}");
