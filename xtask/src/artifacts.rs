@@ -24,9 +24,21 @@ pub fn build_all() -> Result<GuestImage> {
     kernel("guest")?;
     let image = GuestImage::build()?;
     let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-    println!("guest kernel:    {} ({} bytes)", image.vmlinux().display(), size(&image.vmlinux()));
-    println!("guest initramfs: {} ({} bytes)", image.initramfs.display(), size(&image.initramfs));
-    println!("vmm:             {} ({} bytes)", image.vmm.display(), size(&image.vmm));
+    println!(
+        "guest kernel:    {} ({} bytes)",
+        image.vmlinux().display(),
+        size(&image.vmlinux())
+    );
+    println!(
+        "guest initramfs: {} ({} bytes)",
+        image.initramfs.display(),
+        size(&image.initramfs)
+    );
+    println!(
+        "vmm:             {} ({} bytes)",
+        image.vmm.display(),
+        size(&image.vmm)
+    );
     Ok(image)
 }
 
@@ -40,13 +52,19 @@ pub fn from_env() -> Result<GuestImage> {
 pub fn run_on_kvm_host(image: &GuestImage, args: &[&str], deadline: Duration) -> Result<()> {
     kernel("test-host")?;
     let exe = std::env::current_exe().context("cannot find the xtask binary")?;
-    let mut cmd = GroundCommand::new(exe).args(args.iter().copied()).deadline(deadline);
+    let mut cmd = GroundCommand::new(exe)
+        .args(args.iter().copied())
+        .deadline(deadline);
     for (key, value) in image.env() {
         cmd = cmd.env(key, value);
     }
     let outcome = ground::run(cmd)?;
     if !outcome.status.success() {
-        bail!("`xtask {}` failed on the KVM host ({})", args.join(" "), outcome.status);
+        bail!(
+            "`xtask {}` failed on the KVM host ({})",
+            args.join(" "),
+            outcome.status
+        );
     }
     Ok(())
 }

@@ -57,8 +57,9 @@ fn watch_ready(child: &mut Child) -> Result<mpsc::Receiver<Instant>> {
 
 /// RSS of `pid` in KiB, without mappings the size of guest RAM.
 fn rss_without_guest_kib(pid: u32, guest_kib: u64) -> Result<u64> {
-    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps"))
-        .with_context(|| format!("cannot read /proc/{pid}/smaps"))?;
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).with_context(|| {
+        format!("cannot read /proc/{pid}/smaps (the kernel needs CONFIG_PROC_PAGE_MONITOR)")
+    })?;
     let (mut total, mut size) = (0u64, 0u64);
     for line in smaps.lines() {
         let mut fields = line.split_whitespace();
@@ -96,9 +97,23 @@ fn nutshell_boot(image: &GuestImage) -> Result<(Sample, f64)> {
     let serial_at = ready
         .recv_timeout(Duration::from_secs(10))
         .context("nutshell guest printed no ready line")?;
-    let rss_kib = rss_without_guest_kib(vmm.child.id(), GUEST_MEM_MIB * 1024)?;
+    let rss_kib = match rss_without_guest_kib(vmm.child.id(), GUEST_MEM_MIB * 1024) {
+        Ok(rss) => rss,
+        Err(e) => {
+            let exit = vmm
+                .wait(Duration::from_secs(5))
+                .map_err(anyhow::Error::msg)?;
+            bail!(
+                "{e:#}: nutshell-vmm ended early ({}): {}",
+                exit.status,
+                exit.stderr
+            );
+        }
+    };
     agent.shutdown(CALL_TIMEOUT)?;
-    let exit = vmm.wait(Duration::from_secs(30)).map_err(anyhow::Error::msg)?;
+    let exit = vmm
+        .wait(Duration::from_secs(30))
+        .map_err(anyhow::Error::msg)?;
     if !exit.status.success() {
         bail!("nutshell-vmm exited with {}: {}", exit.status, exit.stderr);
     }
@@ -109,9 +124,22 @@ fn nutshell_boot(image: &GuestImage) -> Result<(Sample, f64)> {
 fn qemu_boot(image: &GuestImage, cid: u32) -> Result<Sample> {
     let start = Instant::now();
     let mut child = Command::new("qemu-system-x86_64")
-        .args(["-M", "microvm,x-option-roms=off,rtc=on,acpi=off", "-enable-kvm", "-cpu", "host"])
+        .args([
+            "-M",
+            "microvm,x-option-roms=off,rtc=on,acpi=off",
+            "-enable-kvm",
+            "-cpu",
+            "host",
+        ])
         .args(["-m", &GUEST_MEM_MIB.to_string(), "-smp", "1"])
-        .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-serial", "stdio"])
+        .args([
+            "-nodefaults",
+            "-no-user-config",
+            "-nographic",
+            "-no-reboot",
+            "-serial",
+            "stdio",
+        ])
         .arg("-kernel")
         .arg(image.vmlinux())
         .arg("-initrd")
@@ -120,17 +148,27 @@ fn qemu_boot(image: &GuestImage, cid: u32) -> Result<Sample> {
         .args(["-device", &format!("vhost-vsock-device,guest-cid={cid}")])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .context("cannot start qemu-system-x86_64")?;
     let ready = watch_ready(&mut child)?;
     let result = ready.recv_timeout(Duration::from_secs(60));
-    let rss = rss_without_guest_kib(child.id(), GUEST_MEM_MIB * 1024);
+    let rss = result
+        .is_ok()
+        .then(|| rss_without_guest_kib(child.id(), GUEST_MEM_MIB * 1024));
     let _ = child.kill();
-    let _ = child.wait();
-    let at = result.context("QEMU guest printed no ready line within 60 s")?;
+    let output = child.wait_with_output().context("cannot wait for QEMU")?;
+    let Ok(at) = result else {
+        bail!(
+            "QEMU guest printed no ready line ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    };
+    let rss = rss.context("QEMU RSS")??;
     Ok(Sample {
         ready_ms: at.duration_since(start).as_secs_f64() * 1000.0,
-        rss_kib: rss?,
+        rss_kib: rss,
     })
 }
 
@@ -170,8 +208,16 @@ pub fn inner(args: &[String]) -> Result<()> {
     println!("  nutshell-vmm  serial ready  median {om:8.1} ms  min {omin:8.1}  max {omax:8.1}");
     println!("  nutshell-vmm  vsock version median {vm:8.1} ms  min {vmin:8.1}  max {vmax:8.1}");
     println!("  qemu microvm  serial ready  median {qm:8.1} ms  min {qmin:8.1}  max {qmax:8.1}");
-    println!("  ratio nutshell/qemu (median serial ready): {:.2}", om / qm);
+    println!(
+        "  ratio nutshell/qemu (median serial ready): {:.2}",
+        om / qm
+    );
     println!("VMM RSS without guest RAM (median):");
-    println!("  nutshell-vmm {:8.0} KiB   qemu {:8.0} KiB   ratio {:.2}", orss, qrss, orss / qrss);
+    println!(
+        "  nutshell-vmm {:8.0} KiB   qemu {:8.0} KiB   ratio {:.2}",
+        orss,
+        qrss,
+        orss / qrss
+    );
     Ok(())
 }

@@ -41,7 +41,10 @@ pub fn boot_and_talk() -> Result<()> {
         "guest: {} online CPUs, {} KiB memory",
         details.online_cpus, details.mem_total_kib
     );
-    println!("cgroup v2 controllers: {}", details.cgroup_controllers.join(" "));
+    println!(
+        "cgroup v2 controllers: {}",
+        details.cgroup_controllers.join(" ")
+    );
     for ns in &details.namespaces {
         let result = if ns.unshare_ok {
             "ok".to_string()

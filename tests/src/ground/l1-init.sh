@@ -72,6 +72,11 @@ mount -t sysfs sysfs "$H/sys" || fail "mount $H/sys"
 mount -t cgroup2 cgroup2 "$H/sys/fs/cgroup" || fail "mount cgroup2 at $H/sys/fs/cgroup"
 mount -t devtmpfs devtmpfs "$H/dev" || fail "mount $H/dev"
 mkdir -p "$H/dev/pts" "$H/dev/shm"
+# What udev would add: programs open /dev/stdout, /dev/fd/N and friends.
+ln -sf /proc/self/fd "$H/dev/fd"
+ln -sf /proc/self/fd/0 "$H/dev/stdin"
+ln -sf /proc/self/fd/1 "$H/dev/stdout"
+ln -sf /proc/self/fd/2 "$H/dev/stderr"
 mount -t devpts -o newinstance,ptmxmode=0666 devpts "$H/dev/pts" 2>/dev/null
 mount -t tmpfs -o mode=1777 tmpfs "$H/dev/shm" 2>/dev/null
 for dir in /tmp /var/tmp; do
