@@ -1,7 +1,7 @@
 //! Muxer tests over real Unix sockets, without queues or a worker thread: the test dispatches
 //! epoll events itself and plays the guest by calling `process_guest_pkt` / `next_rx_pkt`.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -12,7 +12,9 @@ use super::*;
 use crate::devices::virtio::vsock::packet::{
     OP_RESPONSE, OP_RW, OP_SHUTDOWN, SHUTDOWN_BOTH, SHUTDOWN_SEND,
 };
-use crate::devices::virtio::vsock::tests::TempDir;
+use crate::devices::virtio::vsock::tests::{
+    assert_eof, host_client, read_line, read_n as read_exact_n, TempDir,
+};
 
 const GUEST_CID: u64 = 3;
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -71,38 +73,6 @@ fn send(m: &mut Muxer, mut hdr: VsockHeader, data: &[u8]) {
     m.process_guest_pkt(&hdr, data, Instant::now());
 }
 
-fn host_client(path: &std::path::Path) -> UnixStream {
-    let s = UnixStream::connect(path).unwrap();
-    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    s
-}
-
-fn read_line(s: &mut UnixStream) -> String {
-    let mut line = Vec::new();
-    let mut b = [0u8; 1];
-    while s.read(&mut b).unwrap() == 1 && b[0] != b'\n' {
-        line.push(b[0]);
-    }
-    String::from_utf8(line).unwrap()
-}
-
-fn read_exact_n(s: &mut UnixStream, n: usize) -> Vec<u8> {
-    let mut buf = vec![0u8; n];
-    s.read_exact(&mut buf).unwrap();
-    buf
-}
-
-/// The device closed the socket: EOF, or ECONNRESET when it left input unread.
-fn assert_eof(s: &mut UnixStream) {
-    let mut b = [0u8; 16];
-    match s.read(&mut b) {
-        Ok(0) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
-        other => panic!("expected the device to close the socket, got {other:?}"),
-    }
-}
-
-/// Host connects with `CONNECT <port>`; returns the client and the REQUEST the guest got.
 fn host_connect(m: &mut Muxer, path: &std::path::Path, port: u32) -> (UnixStream, VsockHeader) {
     let mut host = host_client(path);
     host.write_all(format!("CONNECT {port}\n").as_bytes())

@@ -257,13 +257,13 @@ fn new_device(dir: &TempDir) -> Vsock {
     .unwrap()
 }
 
-fn host_client(path: &Path) -> UnixStream {
+pub(super) fn host_client(path: &Path) -> UnixStream {
     let s = UnixStream::connect(path).unwrap();
     s.set_read_timeout(Some(TIMEOUT)).unwrap();
     s
 }
 
-fn read_line(s: &mut UnixStream) -> String {
+pub(super) fn read_line(s: &mut UnixStream) -> String {
     let mut line = Vec::new();
     let mut b = [0u8; 1];
     while s.read(&mut b).unwrap() == 1 && b[0] != b'\n' {
@@ -272,14 +272,14 @@ fn read_line(s: &mut UnixStream) -> String {
     String::from_utf8(line).unwrap()
 }
 
-fn read_n(s: &mut UnixStream, n: usize) -> Vec<u8> {
+pub(super) fn read_n(s: &mut UnixStream, n: usize) -> Vec<u8> {
     let mut buf = vec![0u8; n];
     s.read_exact(&mut buf).unwrap();
     buf
 }
 
 /// The device closed the socket: EOF, or ECONNRESET when it left input unread.
-fn assert_eof(s: &mut UnixStream) {
+pub(super) fn assert_eof(s: &mut UnixStream) {
     let mut b = [0u8; 16];
     match s.read(&mut b) {
         Ok(0) => {}
