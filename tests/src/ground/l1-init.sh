@@ -79,11 +79,27 @@ ln -sf /proc/self/fd/1 "$H/dev/stdout"
 ln -sf /proc/self/fd/2 "$H/dev/stderr"
 mount -t devpts -o newinstance,ptmxmode=0666 devpts "$H/dev/pts" 2>/dev/null
 mount -t tmpfs -o mode=1777 tmpfs "$H/dev/shm" 2>/dev/null
+# Host directories the command needs below the tmpfs mounts (a checkout under /tmp, say): hold
+# them aside before the tmpfs shadows them, then put them back in place.
+n=0
+KEPT=
+if [ -f "$H$SCRATCH/ctl/keep" ]; then
+    while read -r keep; do
+        [ -n "$keep" ] || continue
+        mkdir -p "/keep/$n" && mount --bind "$H$keep" "/keep/$n" || fail "hold $keep aside"
+        KEPT="$KEPT $n:$keep"
+        n=$((n + 1))
+    done < "$H$SCRATCH/ctl/keep"
+fi
 for dir in /tmp /var/tmp; do
     mount -t tmpfs -o mode=1777 tmpfs "$H$dir" || fail "mount tmpfs at $H$dir"
 done
 for dir in /run /var/lib; do
     mount -t tmpfs -o mode=0755 tmpfs "$H$dir" || fail "mount tmpfs at $H$dir"
+done
+for entry in $KEPT; do
+    mkdir -p "$H${entry#*:}" && mount --bind "/keep/${entry%%:*}" "$H${entry#*:}" \
+        || fail "keep ${entry#*:} visible"
 done
 mkdir -p "$H$SCRATCH" || fail "create $H$SCRATCH"
 mount -t 9p -o "$NINEP" scratch "$H$SCRATCH" || fail "mount 9p scratch at $H$SCRATCH"

@@ -58,6 +58,7 @@ pub(crate) fn run(
     super::announce(cmd, detection, root);
 
     write(&ctl.join("cmd.sh"), &command_script(cmd, &work))?;
+    write(&ctl.join("keep"), &keep_list(cmd, root))?;
     // The marker must stay unknown to the command: it travels inside the initramfs, which the
     // chrooted command does not see, not on the kernel command line.
     let marker = channels::end_marker()?;
@@ -218,6 +219,45 @@ fn port_args(name: &str, nr: u32, socket: &Path) -> Vec<String> {
     ]
 }
 
+/// Directories L1 shadows with its own writable tmpfs.
+const SHADOWED: [&str; 4] = ["/tmp", "/var/tmp", "/run", "/var/lib"];
+
+/// Host directories under [`SHADOWED`] that the command needs (its working directory, program,
+/// arguments and environment values that are paths there, e.g. a checkout under /tmp): L1's
+/// init keeps them visible, read-only, through its tmpfs. One per line; the top directory
+/// below the shadowed one (/tmp/ci/checkout/target -> /tmp/ci).
+fn keep_list(cmd: &GroundCommand, scratch: &Path) -> Vec<u8> {
+    let cwd = cmd.cwd.clone().or_else(|| std::env::current_dir().ok());
+    let candidates = cwd
+        .into_iter()
+        .map(PathBuf::into_os_string)
+        .chain(std::iter::once(cmd.program.clone()))
+        .chain(cmd.args.iter().cloned())
+        .chain(cmd.env.iter().map(|(_, value)| value.clone()));
+    let mut keep: Vec<PathBuf> = Vec::new();
+    for candidate in candidates {
+        let path = Path::new(&candidate);
+        for dir in SHADOWED {
+            let Ok(rest) = path.strip_prefix(dir) else {
+                continue;
+            };
+            let Some(top) = rest.components().next() else {
+                continue;
+            };
+            let kept = Path::new(dir).join(top);
+            if !scratch.starts_with(&kept) && kept.exists() && !keep.contains(&kept) {
+                keep.push(kept);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for path in keep {
+        out.extend_from_slice(path.as_os_str().as_encoded_bytes());
+        out.push(b'\n');
+    }
+    out
+}
+
 /// The script L1's init runs in the chroot: enter the working directory, then exec the program
 /// with exactly the command's environment (`env -i`), looked up on that environment's PATH.
 fn command_script(cmd: &GroundCommand, work: &Path) -> Vec<u8> {
@@ -290,6 +330,19 @@ mod tests {
             .output()
             .unwrap();
         assert_eq!(out.stdout, b"it's a $HOME `x` \"y\"");
+    }
+
+    #[test]
+    fn keep_list_names_shadowed_dirs_the_command_needs() {
+        let here = std::env::temp_dir().join(format!("nutshell-keep-{}", std::process::id()));
+        std::fs::create_dir_all(here.join("target")).unwrap();
+        let cmd = GroundCommand::new(here.join("target/test-bin"))
+            .cwd(&here)
+            .env("NUTSHELL_X", here.join("target"))
+            .arg("/usr/bin/true");
+        let list = String::from_utf8(keep_list(&cmd, Path::new("/tmp/nutshell-ground-x"))).unwrap();
+        assert_eq!(list, format!("{}\n", here.display()));
+        std::fs::remove_dir_all(&here).unwrap();
     }
 
     #[test]
