@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the static nutshell-agent and packs the pod guest initramfs.
 #
-#   rootfs/build-guest.sh <out-dir>
+#   rootfs/build-guest.sh <out-dir> [--with-test-image <image-dir>]
 #
 # Output: <out-dir>/initramfs.cpio, an uncompressed newc cpio owned by root:
 #   /init          the agent (static glibc binary, stripped)
@@ -11,18 +11,32 @@
 #                  and the agent reopens stdio on devtmpfs's console anyway)
 #   /proc /sys /dev /run /tmp /etc   empty mount points / directories
 #
-# Progress goes to stderr; the last stdout line is the initramfs path.
+# With --with-test-image (<image-dir> made by rootfs/build-test-image.sh), a
+# second archive <out-dir>/initramfs-test.cpio is written as well: the same
+# content plus <image-dir>/rootfs under /images/busybox, the container rootfs
+# of the end-to-end tests.
+#
+# Progress goes to stderr; the last stdout line is the initramfs path (the
+# test initramfs with --with-test-image).
 # The agent is built in target/static so the normal build is not disturbed.
 set -euo pipefail
 
-readonly TARGET=x86_64-unknown-linux-gnu
 
 die() {
     echo "build-guest.sh: $*" >&2
     exit 1
 }
 
-[[ $# -eq 1 ]] || die "usage: $0 <out-dir>"
+usage="usage: $0 <out-dir> [--with-test-image <image-dir>]"
+test_image=""
+case $# in
+1) ;;
+3) [[ $2 == --with-test-image ]] || die "$usage"
+   test_image=$(cd "$3" && pwd) || die "no image directory $3"
+   [[ -x $test_image/rootfs/bin/busybox ]] ||
+       die "$test_image/rootfs is not a test image (run rootfs/build-test-image.sh)" ;;
+*) die "$usage" ;;
+esac
 for tool in cargo cpio file ldd; do
     command -v "$tool" >/dev/null || die "$tool not found"
 done
@@ -30,30 +44,9 @@ done
 workspace=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 mkdir -p "$1"
 out_dir=$(cd "$1" && pwd)
-target_dir="$workspace/target/static"
-agent="$target_dir/$TARGET/release/nutshell-agent"
-
-# crt-static with an explicit --target: only the agent is linked statically,
-# build scripts and proc-macros stay dynamic host binaries. RUSTFLAGS is
-# replaced, not extended (CARGO_ENCODED_RUSTFLAGS would take precedence).
-echo "build-guest.sh: building static nutshell-agent in $target_dir" >&2
-(
-    cd "$workspace"
-    unset CARGO_ENCODED_RUSTFLAGS
-    RUSTFLAGS="-C target-feature=+crt-static" \
-        cargo build --release -p nutshell-agent \
-        --target "$TARGET" --target-dir "$target_dir" >&2
-) || die "cargo build of nutshell-agent failed"
-
-file_info=$(file -b "$agent")
-case "$file_info" in
-*"statically linked"* | *"static-pie linked"*) ;;
-*) die "$agent is not static: $file_info" ;;
-esac
-# ldd exits non-zero for static binaries; what matters is no library mapping.
-if ldd "$agent" 2>&1 | grep -q '=>'; then
-    die "$agent links shared libraries: $(ldd "$agent" 2>&1 | tr '\n' ' ')"
-fi
+# shellcheck source=rootfs/static-binary.sh
+. "$workspace/rootfs/static-binary.sh"
+agent=$(static_binary nutshell-agent nutshell-agent)
 
 staging=$(mktemp -d "${TMPDIR:-/tmp}/nutshell-initramfs.XXXXXX")
 trap 'rm -rf "$staging"' EXIT
@@ -71,14 +64,27 @@ if ! mknod -m 0600 "$staging/dev/console" c 5 1 2>/dev/null; then
 fi
 
 # Sorted names, fixed mtimes and inode numbers: same inputs, same archive.
-find "$staging" -exec touch -h -d @0 {} +
-(
-    cd "$staging"
-    find . -mindepth 1 | LC_ALL=C sort |
-        cpio --quiet -o -H newc --owner=0:0 --reproducible
-) >"$out_dir/initramfs.cpio.tmp"
-mv "$out_dir/initramfs.cpio.tmp" "$out_dir/initramfs.cpio"
+pack() {
+    find "$staging" -exec touch -h -d @0 {} +
+    (
+        cd "$staging"
+        find . -mindepth 1 | LC_ALL=C sort |
+            cpio --quiet -o -H newc --owner=0:0 --reproducible
+    ) >"$out_dir/$1.tmp"
+    mv "$out_dir/$1.tmp" "$out_dir/$1"
+}
+pack initramfs.cpio
+if [[ -n $test_image ]]; then
+    mkdir -p "$staging/images/busybox"
+    cp -a "$test_image/rootfs/." "$staging/images/busybox/"
+    pack initramfs-test.cpio
+fi
 
-echo "agent: $(stat -c %s "$agent") bytes ($(stat -c %s "$staging/init") stripped), $file_info"
+echo "agent: $(stat -c %s "$agent") bytes ($(stat -c %s "$staging/init") stripped), static"
 echo "initramfs: $(stat -c %s "$out_dir/initramfs.cpio") bytes"
-echo "$out_dir/initramfs.cpio"
+if [[ -n $test_image ]]; then
+    echo "test initramfs: $(stat -c %s "$out_dir/initramfs-test.cpio") bytes"
+    echo "$out_dir/initramfs-test.cpio"
+else
+    echo "$out_dir/initramfs.cpio"
+fi

@@ -64,6 +64,34 @@ pub enum ClientError {
         #[source]
         source: ttrpc::Error,
     },
+    /// Writing the StdioAttach frame of a stdio stream failed.
+    #[error("cannot attach stdio stream")]
+    StdioAttach(#[source] std::io::Error),
+}
+
+impl ClientError {
+    /// The ttrpc status code of a call that the agent answered with an
+    /// error status; `None` for transport, timeout and setup failures.
+    pub fn code(&self) -> Option<ttrpc::Code> {
+        match self {
+            ClientError::Call {
+                source: ttrpc::Error::RpcStatus(status),
+                ..
+            } => Some(status.code()),
+            _ => None,
+        }
+    }
+
+    /// The agent's error message, when it answered with an error status.
+    pub fn status_message(&self) -> Option<&str> {
+        match self {
+            ClientError::Call {
+                source: ttrpc::Error::RpcStatus(status),
+                ..
+            } => Some(status.message()),
+            _ => None,
+        }
+    }
 }
 
 /// Why one handshake attempt failed.
@@ -272,5 +300,11 @@ fn parse_handshake_reply(line: &str) -> Result<u32, ()> {
     port.trim_end_matches('\r').parse().map_err(|_| ())
 }
 
+mod calls;
+
+pub use calls::{attach_stdio, encode_stdio_attach, write_stdio_attach, MAX_STDIO_ATTACH_LEN};
+
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_stdio;

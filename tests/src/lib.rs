@@ -4,4 +4,5 @@
 //! hardware virtualization behind it, otherwise inside a nested L1 Linux under QEMU TCG.
 
 pub mod ground;
+pub mod oci;
 pub mod pod_guest;

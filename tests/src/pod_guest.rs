@@ -17,6 +17,11 @@ use crate::ground as assets;
 pub const ENV_KERNEL_DIR: &str = "NUTSHELL_GUEST_KERNEL_DIR";
 pub const ENV_INITRAMFS: &str = "NUTSHELL_GUEST_INITRAMFS";
 pub const ENV_VMM: &str = "NUTSHELL_VMM_BIN";
+/// The test initramfs: the agent initramfs plus the test container image under
+/// [`TEST_IMAGE_ROOTFS`] (`rootfs/build-guest.sh --with-test-image`).
+pub const ENV_TEST_INITRAMFS: &str = "NUTSHELL_GUEST_TEST_INITRAMFS";
+/// Where the test initramfs carries the busybox + nutshell-probe rootfs.
+pub const TEST_IMAGE_ROOTFS: &str = "/images/busybox";
 
 #[derive(Debug, thiserror::Error)]
 pub enum GuestImageError {
@@ -79,11 +84,41 @@ impl GuestImage {
         })
     }
 
+    /// Like [`GuestImage::build`], with the test initramfs (test container image under
+    /// [`TEST_IMAGE_ROOTFS`]) as `initramfs`.
+    pub fn build_test() -> Result<GuestImage, GuestImageError> {
+        let root = assets::repo_root();
+        let image_dir = run_build(
+            Command::new(root.join("rootfs/build-test-image.sh"))
+                .arg(root.join("build/test-image")),
+            "test image (rootfs/build-test-image.sh)",
+        )?;
+        let test_initramfs = run_build(
+            Command::new(root.join("rootfs/build-guest.sh"))
+                .arg(root.join("build/rootfs"))
+                .arg("--with-test-image")
+                .arg(image_dir),
+            "test initramfs (rootfs/build-guest.sh --with-test-image)",
+        )?;
+        let mut image = GuestImage::build()?;
+        image.initramfs = PathBuf::from(test_initramfs);
+        Ok(image)
+    }
+
     /// The image named by the environment, if it is set.
     pub fn from_env() -> Result<Option<GuestImage>, GuestImageError> {
+        Self::from_env_with(ENV_INITRAMFS)
+    }
+
+    /// The test image named by the environment ([`ENV_TEST_INITRAMFS`]), if it is set.
+    pub fn from_env_test() -> Result<Option<GuestImage>, GuestImageError> {
+        Self::from_env_with(ENV_TEST_INITRAMFS)
+    }
+
+    fn from_env_with(initramfs_var: &'static str) -> Result<Option<GuestImage>, GuestImageError> {
         let (Some(k), Some(i), Some(v)) = (
             std::env::var_os(ENV_KERNEL_DIR),
-            std::env::var_os(ENV_INITRAMFS),
+            std::env::var_os(initramfs_var),
             std::env::var_os(ENV_VMM),
         ) else {
             return Ok(None);
@@ -95,7 +130,7 @@ impl GuestImage {
         };
         for (var, path) in [
             (ENV_KERNEL_DIR, image.vmlinux()),
-            (ENV_INITRAMFS, image.initramfs.clone()),
+            (initramfs_var, image.initramfs.clone()),
             (ENV_VMM, image.vmm.clone()),
         ] {
             if !path.exists() {
@@ -114,6 +149,17 @@ impl GuestImage {
         }
     }
 
+    /// The test image from the environment, or built here. Panics with the reason.
+    pub fn locate_test() -> GuestImage {
+        match GuestImage::from_env_test() {
+            Ok(Some(image)) => image,
+            Ok(None) => {
+                GuestImage::build_test().unwrap_or_else(|e| panic!("test guest image: {e}"))
+            }
+            Err(e) => panic!("test guest image: {e}"),
+        }
+    }
+
     pub fn vmlinux(&self) -> PathBuf {
         self.kernel_dir.join("vmlinux")
     }
@@ -122,6 +168,15 @@ impl GuestImage {
         vec![
             (ENV_KERNEL_DIR.into(), self.kernel_dir.clone().into()),
             (ENV_INITRAMFS.into(), self.initramfs.clone().into()),
+            (ENV_VMM.into(), self.vmm.clone().into()),
+        ]
+    }
+
+    /// The environment naming this image as the test image (for [`GuestImage::from_env_test`]).
+    pub fn env_test(&self) -> Vec<(OsString, OsString)> {
+        vec![
+            (ENV_KERNEL_DIR.into(), self.kernel_dir.clone().into()),
+            (ENV_TEST_INITRAMFS.into(), self.initramfs.clone().into()),
             (ENV_VMM.into(), self.vmm.clone().into()),
         ]
     }
