@@ -22,6 +22,7 @@ fn vmm_boot() {
             ("two_vcpus_are_online", two_vcpus_are_online),
             ("guest_panic_is_reported", guest_panic_is_reported),
             ("bad_input_fails_cleanly", bad_input_fails_cleanly),
+            ("host_signal_stops_cleanly", host_signal_stops_cleanly),
         ]);
 }
 
@@ -210,4 +211,23 @@ fn bad_input_fails_cleanly() {
         .collect();
     assert!(leftovers.is_empty(), "leftovers: {leftovers:?}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// SIGTERM to the VMM stops the guest and cleans up: exit 128+15, no socket left.
+fn host_signal_stops_cleanly() {
+    let image = image();
+    let mut vmm = Vmm::spawn(&image, &VmmLaunch::default()).expect("spawn nutshell-vmm");
+    vmm.agent(AGENT_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    // SAFETY: kill(2) on the pid of our own child, which has not been reaped yet.
+    let rc = unsafe { libc::kill(vmm.child.id() as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
+    let exit = vmm.wait(EXIT_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        exit.status.code(),
+        Some(128 + libc::SIGTERM),
+        "stderr: {}",
+        exit.stderr
+    );
+    assert!(exit.stderr.contains("signal 15"), "stderr: {}", exit.stderr);
+    assert!(!exists(&vmm.uds), "the vsock socket outlived the VMM");
 }

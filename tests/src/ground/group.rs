@@ -96,13 +96,7 @@ impl Group {
         let exe = std::env::current_exe()
             .unwrap_or_else(|e| panic!("group {name}: cannot find the test executable: {e}"));
         let mut cmd = GroundCommand::new(exe)
-            .args([
-                &name,
-                "--exact",
-                "--include-ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
+            .args([&name, "--exact", "--nocapture", "--test-threads=1"])
             .deadline(self.deadline);
         if let Ok(cwd) = std::env::current_dir() {
             cmd = cmd.cwd(cwd);
