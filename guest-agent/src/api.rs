@@ -8,8 +8,9 @@
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
 use nutshell_protocol::agent::{
-    Empty, GuestDetailsRequest, GuestDetailsResponse, NamespaceProbe, ShutdownRequest,
-    VersionRequest, VersionResponse,
+    CreateSandboxRequest, CreateSandboxResponse, DestroySandboxRequest, Empty, GuestDetailsRequest,
+    GuestDetailsResponse, InspectSandboxRequest, InspectSandboxResponse, NamespaceProbe,
+    ShutdownRequest, VersionRequest, VersionResponse,
 };
 use nutshell_protocol::agent_ttrpc::Agent;
 use nutshell_protocol::PROTOCOL_VERSION;
@@ -17,6 +18,7 @@ use ttrpc::{Code, TtrpcContext};
 
 use crate::probe::{self, GuestDetails, SystemPaths};
 use crate::reaper::Reaper;
+use crate::sandbox::{SandboxError, Sandboxes};
 use crate::AGENT_VERSION;
 
 /// Receives the `Shutdown` request the service accepted.
@@ -42,6 +44,7 @@ impl ShutdownRequests {
 /// Implementation of the `Agent` ttrpc service.
 pub struct AgentService {
     reaper: Reaper,
+    sandboxes: Sandboxes,
     system_paths: SystemPaths,
     shutdown_sender: SyncSender<()>,
 }
@@ -50,7 +53,9 @@ impl AgentService {
     pub fn new(reaper: Reaper, system_paths: SystemPaths) -> (AgentService, ShutdownRequests) {
         // One slot: a second Shutdown while the first is pending changes nothing.
         let (shutdown_sender, receiver) = sync_channel(1);
+        let sandboxes = Sandboxes::new(system_paths.sys_dir.join("fs/cgroup"), reaper.clone());
         let service = AgentService {
+            sandboxes,
             reaper,
             system_paths,
             shutdown_sender,
@@ -69,6 +74,19 @@ fn rpc_error(code: Code, err: &dyn std::error::Error) -> ttrpc::Error {
         cause = source.source();
     }
     ttrpc::Error::RpcStatus(ttrpc::get_status(code, message))
+}
+
+/// The ttrpc status for a sandbox error: the one place where they are mapped.
+fn sandbox_status(err: &SandboxError) -> ttrpc::Error {
+    let code = match err {
+        SandboxError::Invalid { .. } => Code::INVALID_ARGUMENT,
+        SandboxError::AlreadyExists(_) => Code::ALREADY_EXISTS,
+        SandboxError::NotFound(_) => Code::NOT_FOUND,
+        SandboxError::Io { .. } | SandboxError::Pause { .. } | SandboxError::PauseStuck { .. } => {
+            Code::INTERNAL
+        }
+    };
+    rpc_error(code, err)
 }
 
 fn guest_details_to_proto(details: GuestDetails) -> GuestDetailsResponse {
@@ -110,6 +128,41 @@ impl Agent for AgentService {
         probe::collect_guest_details(&self.system_paths, &self.reaper)
             .map(guest_details_to_proto)
             .map_err(|err| rpc_error(Code::INTERNAL, &err))
+    }
+
+    fn create_sandbox(
+        &self,
+        _ctx: &TtrpcContext,
+        req: CreateSandboxRequest,
+    ) -> ttrpc::Result<CreateSandboxResponse> {
+        let pause_pid = self
+            .sandboxes
+            .create(&req)
+            .map_err(|e| sandbox_status(&e))?;
+        let mut response = CreateSandboxResponse::new();
+        response.pause_pid = pause_pid;
+        Ok(response)
+    }
+
+    fn destroy_sandbox(
+        &self,
+        _ctx: &TtrpcContext,
+        req: DestroySandboxRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.sandboxes
+            .destroy(&req.sandbox_id)
+            .map_err(|e| sandbox_status(&e))?;
+        Ok(Empty::new())
+    }
+
+    fn inspect_sandbox(
+        &self,
+        _ctx: &TtrpcContext,
+        req: InspectSandboxRequest,
+    ) -> ttrpc::Result<InspectSandboxResponse> {
+        self.sandboxes
+            .inspect(&req.sandbox_id)
+            .map_err(|e| sandbox_status(&e))
     }
 
     fn shutdown(&self, _ctx: &TtrpcContext, _req: ShutdownRequest) -> ttrpc::Result<Empty> {

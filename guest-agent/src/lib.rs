@@ -3,6 +3,7 @@
 //! * [`init`]: boot-time mounts, console, cgroup v2 controllers (PID 1 only);
 //! * [`reaper`]: zombie reaping that keeps exit statuses of tracked children;
 //! * [`probe`]: guest details gathered at request time;
+//! * [`sandbox`]: pod sandboxes: the pod cgroup and pause with the shared namespaces;
 //! * [`api`]: the `Agent` ttrpc service implementation;
 //! * [`server`]: the ttrpc server on vsock and its orderly stop;
 //! * [`power`]: powering the VM off;
@@ -16,6 +17,7 @@ pub mod logger;
 pub mod power;
 pub mod probe;
 pub mod reaper;
+pub mod sandbox;
 pub mod server;
 
 /// Version reported by `Version` and printed on the console.

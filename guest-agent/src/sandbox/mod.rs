@@ -1,0 +1,385 @@
+//! Pod sandboxes in the guest: the pod cgroup and pause, which holds the shared namespaces.
+//!
+//! Namespace modes for the sandbox (CRI `NamespaceMode`; behind the VM boundary the node is
+//! the guest):
+//! - network, ipc: POD gives pause a new namespace that the pod's containers join; NODE keeps
+//!   the guest's root namespace (hostNetwork/hostIPC). CONTAINER and TARGET are per-container
+//!   modes and are rejected for a sandbox.
+//! - pid: pause always gets a new pid namespace, in which it is PID 1 and reaps zombies, except
+//!   with NODE (hostPID). Whether containers join it (POD, shareProcessNamespace) or get their
+//!   own (CONTAINER) is decided per container.
+//! - uts: always a new namespace holding the pod's hostname.
+//!
+//! Each sandbox has its own lock; the registry lock is held only to look an id up or to insert
+//! or remove one.
+
+mod pause;
+mod pod_cgroup;
+
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use nix::sched::CloneFlags;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use nutshell_protocol::agent::{
+    CreateSandboxRequest, InspectSandboxResponse, NamespaceMode, ProcessNamespaces,
+};
+
+use crate::reaper::Reaper;
+
+/// Namespace kinds reported by InspectSandbox.
+pub const NAMESPACE_KINDS: [&str; 8] =
+    ["net", "uts", "ipc", "pid", "mnt", "user", "cgroup", "time"];
+const DEFAULT_CGROUP_PARENT: &str = "kubepods";
+const PAUSE_EXIT_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("invalid {field} {value:?}: {reason}")]
+    Invalid {
+        field: &'static str,
+        value: String,
+        reason: &'static str,
+    },
+    #[error("sandbox {0:?} already exists")]
+    AlreadyExists(String),
+    #[error("no sandbox {0:?}")]
+    NotFound(String),
+    #[error("cannot {what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start pause: {step} failed: {}", nix::errno::Errno::from_raw(*errno))]
+    Pause { step: &'static str, errno: i32 },
+    #[error("pause {pid} did not exit after SIGKILL within {PAUSE_EXIT_TIMEOUT:?}")]
+    PauseStuck { pid: i32 },
+}
+
+/// One pod sandbox.
+struct Sandbox {
+    /// The helper that waits for pause (tracked by the reaper), and pause itself.
+    helper: Pid,
+    pause: Pid,
+    pod_cgroup: PathBuf,
+    pause_cgroup: Option<PathBuf>,
+}
+
+/// Every sandbox of this guest.
+pub struct Sandboxes {
+    cgroup_root: PathBuf,
+    reaper: Reaper,
+    sandboxes: Mutex<HashMap<String, Arc<Mutex<Sandbox>>>>,
+}
+
+fn check_name(field: &'static str, value: &str) -> Result<(), SandboxError> {
+    let ok = !value.is_empty()
+        && value.len() <= 128
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && value != "."
+        && value != "..";
+    if ok {
+        Ok(())
+    } else {
+        Err(SandboxError::Invalid {
+            field,
+            value: value.to_string(),
+            reason: "must be 1-128 of [A-Za-z0-9._-]",
+        })
+    }
+}
+
+/// The clone flags of pause for a request (see the module documentation).
+pub fn pause_flags(req: &CreateSandboxRequest) -> Result<CloneFlags, SandboxError> {
+    let options = req.namespace_options.as_ref().cloned().unwrap_or_default();
+    let mut flags = CloneFlags::CLONE_NEWUTS;
+    for (field, mode, flag) in [
+        (
+            "namespace_options.network",
+            options.network.enum_value_or_default(),
+            CloneFlags::CLONE_NEWNET,
+        ),
+        (
+            "namespace_options.ipc",
+            options.ipc.enum_value_or_default(),
+            CloneFlags::CLONE_NEWIPC,
+        ),
+    ] {
+        match mode {
+            NamespaceMode::POD => flags |= flag,
+            NamespaceMode::NODE => {}
+            other => {
+                return Err(SandboxError::Invalid {
+                    field,
+                    value: format!("{other:?}"),
+                    reason: "a sandbox takes POD or NODE",
+                })
+            }
+        }
+    }
+    match options.pid.enum_value_or_default() {
+        NamespaceMode::NODE => {}
+        NamespaceMode::TARGET => {
+            return Err(SandboxError::Invalid {
+                field: "namespace_options.pid",
+                value: "TARGET".into(),
+                reason: "TARGET is a container mode",
+            })
+        }
+        _ => flags |= CloneFlags::CLONE_NEWPID,
+    }
+    Ok(flags)
+}
+
+fn cgroup_parent(req: &CreateSandboxRequest) -> Result<String, SandboxError> {
+    let parent = if req.cgroup_parent.is_empty() {
+        DEFAULT_CGROUP_PARENT
+    } else {
+        req.cgroup_parent.trim_matches('/')
+    };
+    for part in parent.split('/') {
+        check_name("cgroup_parent", part)?;
+    }
+    Ok(parent.to_string())
+}
+
+/// Inode of each namespace of `pid`, read from /proc/<pid>/ns.
+pub fn namespaces_of(name: &str, pid: u32) -> ProcessNamespaces {
+    let mut entry = ProcessNamespaces::new();
+    entry.name = name.to_string();
+    entry.pid = pid;
+    for kind in NAMESPACE_KINDS {
+        if let Ok(meta) = std::fs::metadata(format!("/proc/{pid}/ns/{kind}")) {
+            entry.inodes.insert(kind.to_string(), meta.ino());
+        }
+    }
+    entry
+}
+
+impl Sandboxes {
+    pub fn new(cgroup_root: impl Into<PathBuf>, reaper: Reaper) -> Self {
+        Sandboxes {
+            cgroup_root: cgroup_root.into(),
+            reaper,
+            sandboxes: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn registry(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Mutex<Sandbox>>>> {
+        self.sandboxes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn get(&self, id: &str) -> Result<Arc<Mutex<Sandbox>>, SandboxError> {
+        self.registry()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| SandboxError::NotFound(id.to_string()))
+    }
+
+    /// Creates the pod cgroup and starts pause; returns pause's pid.
+    pub fn create(&self, req: &CreateSandboxRequest) -> Result<u32, SandboxError> {
+        check_name("sandbox_id", &req.sandbox_id)?;
+        check_name("pod_uid", &req.pod_uid)?;
+        let flags = pause_flags(req)?;
+        let parent = cgroup_parent(req)?;
+        let hostname = if req.hostname.is_empty() {
+            req.pod_name.clone()
+        } else {
+            req.hostname.clone()
+        };
+        if hostname.is_empty() || hostname.len() > 64 {
+            return Err(SandboxError::Invalid {
+                field: "hostname",
+                value: hostname,
+                reason: "must be 1-64 bytes (or give pod_name)",
+            });
+        }
+        // Reserve the id first, so two racing creates cannot both proceed.
+        let slot = {
+            let mut registry = self.registry();
+            if registry.contains_key(&req.sandbox_id) {
+                return Err(SandboxError::AlreadyExists(req.sandbox_id.clone()));
+            }
+            let slot = Arc::new(Mutex::new(Sandbox {
+                helper: Pid::from_raw(0),
+                pause: Pid::from_raw(0),
+                pod_cgroup: PathBuf::new(),
+                pause_cgroup: None,
+            }));
+            registry.insert(req.sandbox_id.clone(), slot.clone());
+            slot
+        };
+        let mut sandbox = slot.lock().unwrap_or_else(PoisonError::into_inner);
+        let result = self.start(
+            &mut sandbox,
+            flags,
+            &parent,
+            &req.pod_uid,
+            hostname.into_bytes(),
+        );
+        match result {
+            Ok(pid) => Ok(pid),
+            Err(e) => {
+                // Whatever was made goes again; the id is free for a retry.
+                let _ = self.teardown(&mut sandbox);
+                self.registry().remove(&req.sandbox_id);
+                Err(e)
+            }
+        }
+    }
+
+    fn start(
+        &self,
+        sandbox: &mut Sandbox,
+        flags: CloneFlags,
+        parent: &str,
+        pod_uid: &str,
+        hostname: Vec<u8>,
+    ) -> Result<u32, SandboxError> {
+        sandbox.pod_cgroup = pod_cgroup::create_pod(&self.cgroup_root, parent, pod_uid)?;
+        let spec = pause::PauseSpec { flags, hostname };
+        let (helper, pause) = self
+            .reaper
+            .spawn_tracked(|| pause::spawn(&spec))
+            .map_err(|e| SandboxError::Pause {
+                step: "fork",
+                errno: e as i32,
+            })?;
+        sandbox.helper = helper;
+        let pause = pause.map_err(|f| SandboxError::Pause {
+            step: f.step,
+            errno: f.errno,
+        })?;
+        sandbox.pause = pause;
+        sandbox.pause_cgroup = Some(pod_cgroup::create_child(
+            &sandbox.pod_cgroup,
+            "pause",
+            pause.as_raw() as u32,
+        )?);
+        Ok(pause.as_raw() as u32)
+    }
+
+    /// Kills pause, waits for it, removes the cgroups. Safe to call on a half-made sandbox.
+    fn teardown(&self, sandbox: &mut Sandbox) -> Result<(), SandboxError> {
+        if sandbox.pause.as_raw() > 0 {
+            let _ = kill(sandbox.pause, Signal::SIGKILL);
+        }
+        if sandbox.helper.as_raw() > 0 {
+            self.reaper
+                .wait_for(sandbox.helper, PAUSE_EXIT_TIMEOUT)
+                .map_err(|_| SandboxError::PauseStuck {
+                    pid: sandbox.pause.as_raw(),
+                })?;
+            sandbox.helper = Pid::from_raw(0);
+            sandbox.pause = Pid::from_raw(0);
+        }
+        if let Some(dir) = sandbox.pause_cgroup.take() {
+            pod_cgroup::remove(&dir)?;
+        }
+        if !sandbox.pod_cgroup.as_os_str().is_empty() {
+            pod_cgroup::remove(&sandbox.pod_cgroup)?;
+            sandbox.pod_cgroup = PathBuf::new();
+        }
+        Ok(())
+    }
+
+    /// Kills every process of the sandbox and removes its cgroups. Unknown ids are fine
+    /// (already destroyed).
+    pub fn destroy(&self, id: &str) -> Result<(), SandboxError> {
+        let Ok(slot) = self.get(id) else {
+            return Ok(());
+        };
+        let mut sandbox = slot.lock().unwrap_or_else(PoisonError::into_inner);
+        self.teardown(&mut sandbox)?;
+        self.registry().remove(id);
+        Ok(())
+    }
+
+    /// Namespace inodes of pause and the guest root, and the pod's cgroup tree.
+    pub fn inspect(&self, id: &str) -> Result<InspectSandboxResponse, SandboxError> {
+        let slot = self.get(id)?;
+        let sandbox = slot.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut response = InspectSandboxResponse::new();
+        response.pause = Some(namespaces_of("pause", sandbox.pause.as_raw() as u32)).into();
+        response.guest_root = Some(namespaces_of("guest", 1)).into();
+        response
+            .cgroups
+            .push(pod_cgroup::node(&self.cgroup_root, &sandbox.pod_cgroup, ""));
+        if let Some(dir) = &sandbox.pause_cgroup {
+            response
+                .cgroups
+                .push(pod_cgroup::node(&self.cgroup_root, dir, "pause"));
+        }
+        Ok(response)
+    }
+
+    pub fn cgroup_root(&self) -> &Path {
+        &self.cgroup_root
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nutshell_protocol::agent::NamespaceOptions;
+
+    fn request(
+        network: NamespaceMode,
+        pid: NamespaceMode,
+        ipc: NamespaceMode,
+    ) -> CreateSandboxRequest {
+        let mut options = NamespaceOptions::new();
+        options.network = network.into();
+        options.pid = pid.into();
+        options.ipc = ipc.into();
+        let mut req = CreateSandboxRequest::new();
+        req.namespace_options = Some(options).into();
+        req
+    }
+
+    #[test]
+    fn pause_flags_for_every_mode() {
+        use NamespaceMode::*;
+        let f = pause_flags(&request(POD, CONTAINER, POD)).unwrap();
+        assert!(f.contains(
+            CloneFlags::CLONE_NEWNET
+                | CloneFlags::CLONE_NEWIPC
+                | CloneFlags::CLONE_NEWUTS
+                | CloneFlags::CLONE_NEWPID
+        ));
+        let f = pause_flags(&request(POD, POD, POD)).unwrap();
+        assert!(f.contains(CloneFlags::CLONE_NEWPID));
+        let f = pause_flags(&request(NODE, NODE, NODE)).unwrap();
+        assert_eq!(f, CloneFlags::CLONE_NEWUTS);
+        assert!(pause_flags(&request(CONTAINER, POD, POD)).is_err());
+        assert!(pause_flags(&request(POD, POD, TARGET)).is_err());
+        assert!(pause_flags(&request(POD, TARGET, POD)).is_err());
+        // No options at all: the CRI defaults (POD network/ipc, CONTAINER pid).
+        let f = pause_flags(&CreateSandboxRequest::new()).unwrap();
+        assert!(f.contains(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWPID));
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert!(check_name("sandbox_id", "pod-1_a.b").is_ok());
+        for bad in ["", "..", "a/b", "a b"] {
+            let err = check_name("sandbox_id", bad).unwrap_err().to_string();
+            assert!(err.contains("sandbox_id"), "{err}");
+        }
+        let mut req = CreateSandboxRequest::new();
+        req.cgroup_parent = "kubepods/../etc".into();
+        assert!(cgroup_parent(&req).is_err());
+        req.cgroup_parent = "/kubepods/burstable/".into();
+        assert_eq!(cgroup_parent(&req).unwrap(), "kubepods/burstable");
+    }
+}
