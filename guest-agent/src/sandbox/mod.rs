@@ -18,7 +18,7 @@ mod pod_cgroup;
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -321,10 +321,6 @@ impl Sandboxes {
                 .push(pod_cgroup::node(&self.cgroup_root, dir, "pause"));
         }
         Ok(response)
-    }
-
-    pub fn cgroup_root(&self) -> &Path {
-        &self.cgroup_root
     }
 }
 

@@ -11,7 +11,7 @@ use linux_loader::loader::elf::start_info::{
     hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
 };
 use linux_loader::loader::{BzImage, Elf, KernelLoader, PvhBootCapability};
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
+use vm_memory::{Address, Bytes, GuestAddress};
 
 use super::layout;
 use super::regs::BootEntry;
@@ -308,11 +308,6 @@ fn write_zero_page(
     params.e820_entries = map.len() as u8;
     mem.write_obj(params, GuestAddress(layout::ZERO_PAGE_START))
         .map_err(BootError::Write)
-}
-
-/// Whether `mem` reaches far enough for the kernel to be loaded at all.
-pub fn memory_holds_kernel(mem: &GuestMemoryMmap) -> bool {
-    mem.address_in_range(GuestAddress(layout::HIMEM_START))
 }
 
 #[cfg(test)]

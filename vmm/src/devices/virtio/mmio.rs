@@ -21,8 +21,6 @@ const VENDOR_ID: u32 = 0x4e55_5453; // "NUTS"
 pub const NOTIFY_REG_OFFSET: u64 = 0x50;
 const CONFIG_SPACE_OFFSET: u64 = 0x100;
 
-const STATUS_ACKNOWLEDGE: u32 = 1;
-const STATUS_DRIVER: u32 = 2;
 const STATUS_DRIVER_OK: u32 = 4;
 const STATUS_FEATURES_OK: u32 = 8;
 const STATUS_FAILED: u32 = 0x80;
@@ -307,18 +305,21 @@ fn new_queues(max_sizes: &[u16], device: &'static str) -> Result<Vec<Queue>, Mmi
         .collect()
 }
 
-/// Whether the driver got as far as DRIVER_OK (used in tests and diagnostics).
-pub fn driver_ok(status: u32) -> bool {
-    status & (STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_DRIVER_OK)
-        == (STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_DRIVER_OK)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::devices::virtio::device::ActivateError;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use vm_memory::GuestAddress;
+
+    const STATUS_ACKNOWLEDGE: u32 = 1;
+    const STATUS_DRIVER: u32 = 2;
+
+    /// Whether the driver got as far as DRIVER_OK.
+    fn driver_ok(status: u32) -> bool {
+        status & (STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_DRIVER_OK)
+            == (STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_DRIVER_OK)
+    }
 
     struct Dummy {
         activations: Arc<AtomicUsize>,
