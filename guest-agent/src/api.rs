@@ -8,9 +8,11 @@
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
 use nutshell_protocol::agent::{
-    CreateSandboxRequest, CreateSandboxResponse, DestroySandboxRequest, Empty, GuestDetailsRequest,
-    GuestDetailsResponse, InspectSandboxRequest, InspectSandboxResponse, NamespaceProbe,
-    ShutdownRequest, VersionRequest, VersionResponse,
+    CreateContainerRequest, CreateContainerResponse, CreateSandboxRequest, CreateSandboxResponse,
+    DestroySandboxRequest, Empty, GuestDetailsRequest, GuestDetailsResponse, InspectSandboxRequest,
+    InspectSandboxResponse, NamespaceProbe, RemoveContainerRequest, ShutdownRequest,
+    SignalProcessRequest, StartContainerRequest, StartContainerResponse, VersionRequest,
+    VersionResponse, WaitProcessRequest, WaitProcessResponse,
 };
 use nutshell_protocol::agent_ttrpc::Agent;
 use nutshell_protocol::PROTOCOL_VERSION;
@@ -79,9 +81,12 @@ fn rpc_error(code: Code, err: &dyn std::error::Error) -> ttrpc::Error {
 /// The ttrpc status for a sandbox error: the one place where they are mapped.
 fn sandbox_status(err: &SandboxError) -> ttrpc::Error {
     let code = match err {
-        SandboxError::Invalid { .. } => Code::INVALID_ARGUMENT,
-        SandboxError::AlreadyExists(_) => Code::ALREADY_EXISTS,
-        SandboxError::NotFound(_) => Code::NOT_FOUND,
+        SandboxError::Invalid { .. } | SandboxError::Container { .. } => Code::INVALID_ARGUMENT,
+        SandboxError::AlreadyExists(_) | SandboxError::ContainerExists(_) => Code::ALREADY_EXISTS,
+        SandboxError::NotFound(_) | SandboxError::NoContainer(_) => Code::NOT_FOUND,
+        SandboxError::WrongState { .. } => Code::FAILED_PRECONDITION,
+        SandboxError::NoExec(_) => Code::UNIMPLEMENTED,
+        SandboxError::Launch { .. } => Code::INTERNAL,
         SandboxError::Io { .. } | SandboxError::Pause { .. } | SandboxError::PauseStuck { .. } => {
             Code::INTERNAL
         }
@@ -163,6 +168,70 @@ impl Agent for AgentService {
         self.sandboxes
             .inspect(&req.sandbox_id)
             .map_err(|e| sandbox_status(&e))
+    }
+
+    fn create_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: CreateContainerRequest,
+    ) -> ttrpc::Result<CreateContainerResponse> {
+        self.sandboxes
+            .create_container(&req)
+            .map_err(|e| sandbox_status(&e))?;
+        Ok(CreateContainerResponse::new())
+    }
+
+    fn start_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: StartContainerRequest,
+    ) -> ttrpc::Result<StartContainerResponse> {
+        let pid = self
+            .sandboxes
+            .start_container(&req.container_id)
+            .map_err(|e| sandbox_status(&e))?;
+        let mut response = StartContainerResponse::new();
+        response.pid = pid;
+        Ok(response)
+    }
+
+    fn wait_process(
+        &self,
+        _ctx: &TtrpcContext,
+        req: WaitProcessRequest,
+    ) -> ttrpc::Result<WaitProcessResponse> {
+        let exit_code = self
+            .sandboxes
+            .wait_process(&req.container_id, &req.exec_id)
+            .map_err(|e| sandbox_status(&e))?;
+        let mut response = WaitProcessResponse::new();
+        response.exit_code = exit_code;
+        if exit_code > 128 {
+            response.signal = exit_code - 128;
+        }
+        Ok(response)
+    }
+
+    fn signal_process(
+        &self,
+        _ctx: &TtrpcContext,
+        req: SignalProcessRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.sandboxes
+            .signal_process(&req.container_id, &req.exec_id, req.signal as i32, req.all)
+            .map_err(|e| sandbox_status(&e))?;
+        Ok(Empty::new())
+    }
+
+    fn remove_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: RemoveContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.sandboxes
+            .remove_container(&req.container_id)
+            .map_err(|e| sandbox_status(&e))?;
+        Ok(Empty::new())
     }
 
     fn shutdown(&self, _ctx: &TtrpcContext, _req: ShutdownRequest) -> ttrpc::Result<Empty> {

@@ -12,6 +12,7 @@
 pub mod api;
 pub mod cgroup;
 pub mod config;
+pub mod container;
 pub mod init;
 pub mod logger;
 pub mod power;

@@ -26,9 +26,11 @@ use nix::sched::CloneFlags;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use nutshell_protocol::agent::{
-    CreateSandboxRequest, InspectSandboxResponse, NamespaceMode, ProcessNamespaces,
+    CreateContainerRequest, CreateSandboxRequest, InspectSandboxResponse, NamespaceMode,
+    ProcessNamespaces,
 };
 
+use crate::container::{self, launch, Container, ContainerError, State};
 use crate::reaper::Reaper;
 
 /// Namespace kinds reported by InspectSandbox.
@@ -36,6 +38,10 @@ pub const NAMESPACE_KINDS: [&str; 8] =
     ["net", "uts", "ipc", "pid", "mnt", "user", "cgroup", "time"];
 const DEFAULT_CGROUP_PARENT: &str = "kubepods";
 const PAUSE_EXIT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Per-container scratch (overlay upper and work dirs, the new root's mount point).
+const BUNDLE_ROOT: &str = "/run/nutshell";
+/// WaitProcess blocks at most this long per call; the caller's own deadline is usually shorter.
+const WAIT_LIMIT: Duration = Duration::from_secs(24 * 3600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
@@ -60,6 +66,30 @@ pub enum SandboxError {
     Pause { step: &'static str, errno: i32 },
     #[error("pause {pid} did not exit after SIGKILL within {PAUSE_EXIT_TIMEOUT:?}")]
     PauseStuck { pid: i32 },
+    #[error("container {0:?} already exists")]
+    ContainerExists(String),
+    #[error("no container {0:?}")]
+    NoContainer(String),
+    #[error("container {id:?} is {state}: {wanted}")]
+    WrongState {
+        id: String,
+        state: &'static str,
+        wanted: &'static str,
+    },
+    #[error("exec processes are not implemented yet (exec_id {0:?})")]
+    NoExec(String),
+    #[error("container {id:?}: {source}")]
+    Container {
+        id: String,
+        #[source]
+        source: ContainerError,
+    },
+    #[error("cannot start container {id:?}: {step} failed: {}", nix::errno::Errno::from_raw(*errno))]
+    Launch {
+        id: String,
+        step: &'static str,
+        errno: i32,
+    },
 }
 
 /// One pod sandbox.
@@ -69,6 +99,7 @@ struct Sandbox {
     pause: Pid,
     pod_cgroup: PathBuf,
     pause_cgroup: Option<PathBuf>,
+    containers: HashMap<String, Container>,
 }
 
 /// Every sandbox of this guest.
@@ -76,6 +107,8 @@ pub struct Sandboxes {
     cgroup_root: PathBuf,
     reaper: Reaper,
     sandboxes: Mutex<HashMap<String, Arc<Mutex<Sandbox>>>>,
+    /// Container id to the id of its sandbox.
+    container_index: Mutex<HashMap<String, String>>,
 }
 
 fn check_name(field: &'static str, value: &str) -> Result<(), SandboxError> {
@@ -170,6 +203,7 @@ impl Sandboxes {
             cgroup_root: cgroup_root.into(),
             reaper,
             sandboxes: Mutex::new(HashMap::new()),
+            container_index: Mutex::new(HashMap::new()),
         }
     }
 
@@ -215,6 +249,7 @@ impl Sandboxes {
                 pause: Pid::from_raw(0),
                 pod_cgroup: PathBuf::new(),
                 pause_cgroup: None,
+                containers: HashMap::new(),
             }));
             registry.insert(req.sandbox_id.clone(), slot.clone());
             slot
@@ -271,6 +306,13 @@ impl Sandboxes {
 
     /// Kills pause, waits for it, removes the cgroups. Safe to call on a half-made sandbox.
     fn teardown(&self, sandbox: &mut Sandbox) -> Result<(), SandboxError> {
+        let ids: Vec<String> = sandbox.containers.keys().cloned().collect();
+        for id in ids {
+            if let Some(mut c) = sandbox.containers.remove(&id) {
+                self.stop_and_clean(&id, &mut c)?;
+            }
+            self.index().remove(&id);
+        }
         if sandbox.pause.as_raw() > 0 {
             let _ = kill(sandbox.pause, Signal::SIGKILL);
         }
@@ -320,7 +362,279 @@ impl Sandboxes {
                 .cgroups
                 .push(pod_cgroup::node(&self.cgroup_root, dir, "pause"));
         }
+        let mut ids: Vec<&String> = sandbox.containers.keys().collect();
+        ids.sort();
+        for id in ids {
+            let c = &sandbox.containers[id];
+            let pid = match c.state {
+                State::Running { pid, .. } => pid.as_raw() as u32,
+                _ => 0,
+            };
+            let mut entry = if pid > 0 {
+                namespaces_of(id, pid)
+            } else {
+                ProcessNamespaces::new()
+            };
+            entry.name = id.clone();
+            response.containers.push(entry);
+            if let Some(dir) = &c.cgroup {
+                response
+                    .cgroups
+                    .push(pod_cgroup::node(&self.cgroup_root, dir, id));
+            }
+        }
         Ok(response)
+    }
+
+    fn index(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+        self.container_index
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The sandbox holding container `id`.
+    fn sandbox_of(&self, id: &str) -> Result<Arc<Mutex<Sandbox>>, SandboxError> {
+        let sandbox_id = self
+            .index()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| SandboxError::NoContainer(id.to_string()))?;
+        self.get(&sandbox_id)
+    }
+
+    /// Registers a container; nothing runs until [`Sandboxes::start_container`].
+    pub fn create_container(&self, req: &CreateContainerRequest) -> Result<(), SandboxError> {
+        check_name("container_id", &req.container_id)?;
+        let spec = container::parse_spec(&req.oci_spec_json).map_err(|source| {
+            SandboxError::Container {
+                id: req.container_id.clone(),
+                source,
+            }
+        })?;
+        let rootfs = PathBuf::from(&req.rootfs);
+        if !rootfs.is_dir() {
+            return Err(SandboxError::Container {
+                id: req.container_id.clone(),
+                source: ContainerError::MissingRootfs(rootfs),
+            });
+        }
+        let slot = self.get(&req.sandbox_id)?;
+        let mut sandbox = slot.lock().unwrap_or_else(PoisonError::into_inner);
+        {
+            let mut index = self.index();
+            if index.contains_key(&req.container_id) {
+                return Err(SandboxError::ContainerExists(req.container_id.clone()));
+            }
+            index.insert(req.container_id.clone(), req.sandbox_id.clone());
+        }
+        let bundle = PathBuf::from(BUNDLE_ROOT)
+            .join(&req.sandbox_id)
+            .join(&req.container_id);
+        sandbox.containers.insert(
+            req.container_id.clone(),
+            Container {
+                spec,
+                rootfs,
+                bundle,
+                cgroup: None,
+                state: State::Created,
+            },
+        );
+        Ok(())
+    }
+
+    /// Starts (or starts again, after it exited) the container's init process.
+    pub fn start_container(&self, id: &str) -> Result<u32, SandboxError> {
+        let slot = self.sandbox_of(id)?;
+        let mut sandbox = slot.lock().unwrap_or_else(PoisonError::into_inner);
+        let (pause, pod_cgroup) = (sandbox.pause, sandbox.pod_cgroup.clone());
+        let c = sandbox
+            .containers
+            .get_mut(id)
+            .ok_or_else(|| SandboxError::NoContainer(id.to_string()))?;
+        if let State::Running { .. } = c.state {
+            return Err(SandboxError::WrongState {
+                id: id.into(),
+                state: "running",
+                wanted: "start needs a created or exited container",
+            });
+        }
+        // A restart is a fresh container on the same rootfs: a new writable layer.
+        let _ = std::fs::remove_dir_all(&c.bundle);
+        let plan = container::plan(c, pause).map_err(|source| SandboxError::Container {
+            id: id.into(),
+            source,
+        })?;
+        let cgroup = match &c.cgroup {
+            Some(dir) => dir.clone(),
+            None => {
+                let dir = pod_cgroup.join(id);
+                std::fs::create_dir(&dir).map_err(|source| SandboxError::Io {
+                    what: "create",
+                    path: dir.clone(),
+                    source,
+                })?;
+                c.cgroup = Some(dir.clone());
+                dir
+            }
+        };
+        let launch_error = |step: &'static str, errno: i32| SandboxError::Launch {
+            id: id.into(),
+            step,
+            errno,
+        };
+        let (helper, pipes) = self
+            .reaper
+            .spawn_tracked(|| launch::spawn(&plan))
+            .map_err(|e| launch_error("fork", e as i32))?;
+        let placed = std::fs::write(cgroup.join("cgroup.procs"), helper.as_raw().to_string())
+            .map_err(|e| launch_error("cgroup placement", e.raw_os_error().unwrap_or(libc::EIO)))
+            .and_then(|()| launch::release(&pipes).map_err(|e| launch_error("release", e as i32)));
+        let started = placed.and_then(|()| {
+            launch::read_report(pipes).map_err(|(step, errno)| launch_error(step, errno))
+        });
+        match started {
+            Ok(pid) => {
+                c.state = State::Running { helper, pid };
+                Ok(pid.as_raw() as u32)
+            }
+            Err(e) => {
+                let _ = kill(helper, Signal::SIGKILL);
+                let _ = self.reaper.wait_for(helper, PAUSE_EXIT_TIMEOUT);
+                Err(e)
+            }
+        }
+    }
+
+    /// Blocks until the container's init exits; its exit code (128 + signal if killed).
+    pub fn wait_process(&self, id: &str, exec_id: &str) -> Result<i32, SandboxError> {
+        if !exec_id.is_empty() {
+            return Err(SandboxError::NoExec(exec_id.into()));
+        }
+        let slot = self.sandbox_of(id)?;
+        let helper = {
+            let sandbox = slot.lock().unwrap_or_else(PoisonError::into_inner);
+            match sandbox.containers.get(id).map(|c| c.state) {
+                None => return Err(SandboxError::NoContainer(id.into())),
+                Some(State::Stopped { exit_code }) => return Ok(exit_code),
+                Some(State::Created) => {
+                    return Err(SandboxError::WrongState {
+                        id: id.into(),
+                        state: "created",
+                        wanted: "it has not been started",
+                    })
+                }
+                Some(State::Running { helper, .. }) => helper,
+            }
+        };
+        // Without the sandbox lock: other calls go on while this one waits.
+        let exit = self.reaper.wait_for(helper, WAIT_LIMIT);
+        let mut sandbox = slot.lock().unwrap_or_else(PoisonError::into_inner);
+        let c = sandbox
+            .containers
+            .get_mut(id)
+            .ok_or_else(|| SandboxError::NoContainer(id.into()))?;
+        match (exit, c.state) {
+            (_, State::Stopped { exit_code }) => Ok(exit_code),
+            (Ok(exit), State::Running { helper: h, .. }) if h == helper => {
+                let exit_code = exit.shell_code();
+                c.state = State::Stopped { exit_code };
+                Ok(exit_code)
+            }
+            _ => Err(SandboxError::WrongState {
+                id: id.into(),
+                state: "changing",
+                wanted: "it was restarted or removed while waiting",
+            }),
+        }
+    }
+
+    /// Sends `signal` to the init process (or, with `all`, to every process of the container).
+    pub fn signal_process(
+        &self,
+        id: &str,
+        exec_id: &str,
+        signal: i32,
+        all: bool,
+    ) -> Result<(), SandboxError> {
+        if !exec_id.is_empty() {
+            return Err(SandboxError::NoExec(exec_id.into()));
+        }
+        let signal = Signal::try_from(signal).map_err(|_| SandboxError::Invalid {
+            field: "signal",
+            value: signal.to_string(),
+            reason: "not a signal number",
+        })?;
+        let slot = self.sandbox_of(id)?;
+        let sandbox = slot.lock().unwrap_or_else(PoisonError::into_inner);
+        let c = sandbox
+            .containers
+            .get(id)
+            .ok_or_else(|| SandboxError::NoContainer(id.into()))?;
+        let State::Running { pid, .. } = c.state else {
+            return Err(SandboxError::WrongState {
+                id: id.into(),
+                state: "not running",
+                wanted: "only a running container takes signals",
+            });
+        };
+        let mut targets = vec![pid];
+        if all {
+            if let Some(dir) = &c.cgroup {
+                let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+                targets.extend(
+                    procs
+                        .lines()
+                        .filter_map(|l| l.trim().parse().ok())
+                        .map(Pid::from_raw),
+                );
+            }
+        }
+        for target in targets {
+            let _ = kill(target, signal);
+        }
+        Ok(())
+    }
+
+    /// Removes a container that is not running.
+    pub fn remove_container(&self, id: &str) -> Result<(), SandboxError> {
+        let slot = self.sandbox_of(id)?;
+        let mut sandbox = slot.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(State::Running { .. }) = sandbox.containers.get(id).map(|c| c.state) {
+            return Err(SandboxError::WrongState {
+                id: id.into(),
+                state: "running",
+                wanted: "kill it before removing it",
+            });
+        }
+        if let Some(mut c) = sandbox.containers.remove(id) {
+            self.stop_and_clean(id, &mut c)?;
+        }
+        self.index().remove(id);
+        Ok(())
+    }
+
+    /// Kills a container's processes, waits for its init, removes its cgroup and scratch.
+    fn stop_and_clean(&self, id: &str, c: &mut Container) -> Result<(), SandboxError> {
+        if let State::Running { helper, pid } = c.state {
+            let _ = kill(pid, Signal::SIGKILL);
+            let exit = self
+                .reaper
+                .wait_for(helper, PAUSE_EXIT_TIMEOUT)
+                .map_err(|_| SandboxError::WrongState {
+                    id: id.into(),
+                    state: "still running",
+                    wanted: "its init did not die after SIGKILL",
+                })?;
+            c.state = State::Stopped {
+                exit_code: exit.shell_code(),
+            };
+        }
+        if let Some(dir) = c.cgroup.take() {
+            pod_cgroup::remove(&dir)?;
+        }
+        let _ = std::fs::remove_dir_all(&c.bundle);
+        Ok(())
     }
 }
 

@@ -1,0 +1,231 @@
+//! End to end (issue 4, second slice): containers of a pod in a real guest, from the test
+//! image (busybox + nutshell-probe). Each container joins pause's net, uts and ipc namespaces
+//! and has its own mnt and pid namespace (pod-semantics.md); exit codes come back exactly; an
+//! exited container starts again; bad input gets the right error. One VM for all cases.
+
+use std::time::Duration;
+
+use nutshell_protocol::agent::{
+    CreateContainerRequest, CreateSandboxRequest, DestroySandboxRequest, InspectSandboxRequest,
+    InspectSandboxResponse, NamespaceMode, NamespaceOptions, ProcessNamespaces,
+    RemoveContainerRequest, SignalProcessRequest, StartContainerRequest, WaitProcessRequest,
+};
+use nutshell_protocol::{AgentClient, ClientError};
+use nutshell_tests::ground::Group;
+use nutshell_tests::oci::ContainerSpec;
+use nutshell_tests::pod_guest::{GuestImage, Vmm, VmmLaunch, TEST_IMAGE_ROOTFS};
+
+const AGENT_TIMEOUT: Duration = Duration::from_secs(90);
+const CALL: Duration = Duration::from_secs(30);
+
+#[test]
+fn pod_containers() {
+    Group::new("pod_containers")
+        .deadline(Duration::from_secs(600))
+        .host_env(|| GuestImage::locate_test().env_test())
+        .run(&[("containers_share_the_pod", containers_share_the_pod)]);
+}
+
+struct Pod<'a> {
+    agent: &'a AgentClient,
+}
+
+impl Pod<'_> {
+    fn create(&self, id: &str, spec: &ContainerSpec) -> Result<(), ClientError> {
+        let mut req = CreateContainerRequest::new();
+        req.sandbox_id = "pod".into();
+        req.container_id = id.into();
+        req.oci_spec_json = spec.json();
+        req.rootfs = TEST_IMAGE_ROOTFS.into();
+        self.agent.create_container(&req, CALL).map(|_| ())
+    }
+
+    fn start(&self, id: &str) -> Result<u32, ClientError> {
+        let mut req = StartContainerRequest::new();
+        req.container_id = id.into();
+        self.agent.start_container(&req, CALL).map(|r| r.pid)
+    }
+
+    fn wait(&self, id: &str) -> Result<i32, ClientError> {
+        let mut req = WaitProcessRequest::new();
+        req.container_id = id.into();
+        self.agent.wait_process(&req, CALL).map(|r| r.exit_code)
+    }
+
+    /// Runs `sh -c script` as container `id` to its end; its exit code.
+    fn run(&self, id: &str, script: &str) -> i32 {
+        self.create(id, &ContainerSpec::cri(&["sh", "-c", script]))
+            .unwrap_or_else(|e| panic!("create {id}: {e:?}"));
+        self.start(id)
+            .unwrap_or_else(|e| panic!("start {id}: {e:?}"));
+        let code = self.wait(id).unwrap_or_else(|e| panic!("wait {id}: {e:?}"));
+        self.remove(id)
+            .unwrap_or_else(|e| panic!("remove {id}: {e:?}"));
+        code
+    }
+
+    fn remove(&self, id: &str) -> Result<(), ClientError> {
+        let mut req = RemoveContainerRequest::new();
+        req.container_id = id.into();
+        self.agent.remove_container(&req, CALL).map(|_| ())
+    }
+
+    fn kill(&self, id: &str) {
+        let mut req = SignalProcessRequest::new();
+        req.container_id = id.into();
+        req.signal = 9;
+        req.all = true;
+        self.agent
+            .signal_process(&req, CALL)
+            .expect("SignalProcess");
+    }
+
+    fn inspect(&self) -> InspectSandboxResponse {
+        let mut req = InspectSandboxRequest::new();
+        req.sandbox_id = "pod".into();
+        self.agent
+            .inspect_sandbox(&req, CALL)
+            .expect("InspectSandbox")
+    }
+}
+
+fn inode(ns: &ProcessNamespaces, kind: &str) -> u64 {
+    *ns.inodes
+        .get(kind)
+        .unwrap_or_else(|| panic!("no {kind} inode for {:?}", ns.name))
+}
+
+fn expect_code<T: std::fmt::Debug>(
+    result: Result<T, ClientError>,
+    code: ttrpc::Code,
+    needle: &str,
+) {
+    let err = result.expect_err("the call should fail");
+    assert_eq!(err.code(), Some(code), "{err:?}");
+    let message = err.status_message().unwrap_or_default();
+    assert!(message.contains(needle), "{message:?} lacks {needle:?}");
+}
+
+fn containers_share_the_pod() {
+    let image = GuestImage::locate_test();
+    let mut vmm = Vmm::spawn(&image, &VmmLaunch::default()).expect("spawn nutshell-vmm");
+    let agent = vmm.agent(AGENT_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let mut sandbox = CreateSandboxRequest::new();
+    sandbox.sandbox_id = "pod".into();
+    sandbox.pod_uid = "uid-pod".into();
+    sandbox.hostname = "web-pod".into();
+    let mut options = NamespaceOptions::new();
+    options.pid = NamespaceMode::CONTAINER.into();
+    sandbox.namespace_options = Some(options).into();
+    agent.create_sandbox(&sandbox, CALL).expect("CreateSandbox");
+    let pod = Pod { agent: &agent };
+
+    // Exit codes come back exactly; the hostname is the pod's; the container is PID 1 of its
+    // own pid namespace and sees only its own processes; its root is the image, writable.
+    assert_eq!(pod.run("exit7", "exit 7"), 7);
+    assert_eq!(pod.run("hostname", "test \"$(hostname)\" = web-pod"), 0);
+    assert_eq!(
+        pod.run(
+            "pid1",
+            "test $$ = 1 && ! cat /proc/[0-9]*/comm | grep -qx -e pause -e sleep -e init"
+        ),
+        0
+    );
+    assert_eq!(
+        pod.run(
+            "rootfs",
+            "test -x /usr/bin/nutshell-probe && echo hi > /new && test -c /dev/null"
+        ),
+        0
+    );
+
+    // The inode table of pod-semantics.md, row by row, for two running containers.
+    for id in ["app", "sidecar"] {
+        pod.create(id, &ContainerSpec::cri(&["sleep", "600"]))
+            .expect("create");
+        pod.start(id).expect("start");
+    }
+    let view = pod.inspect();
+    let pause = view.pause.clone().unwrap();
+    assert_eq!(view.containers.len(), 2, "{:?}", view.containers);
+    for c in &view.containers {
+        for kind in ["net", "uts", "ipc"] {
+            assert_eq!(
+                inode(c, kind),
+                inode(&pause, kind),
+                "{} does not share pause's {kind}",
+                c.name
+            );
+        }
+        for kind in ["mnt", "pid"] {
+            assert_ne!(
+                inode(c, kind),
+                inode(&pause, kind),
+                "{} shares pause's {kind}",
+                c.name
+            );
+        }
+    }
+    let (app, sidecar) = (&view.containers[0], &view.containers[1]);
+    assert_ne!(inode(app, "mnt"), inode(sidecar, "mnt"));
+    assert_ne!(inode(app, "pid"), inode(sidecar, "pid"));
+    let cgroups: Vec<&str> = view.cgroups.iter().map(|c| c.path.as_str()).collect();
+    assert!(cgroups.contains(&"kubepods/poduid-pod/app"), "{cgroups:?}");
+
+    // Signals: SIGKILL is reported as 128 + 9. Then the exited container starts again.
+    pod.kill("app");
+    assert_eq!(pod.wait("app").expect("wait"), 137);
+    pod.start("app").expect("restart of an exited container");
+    assert_eq!(
+        pod.inspect()
+            .containers
+            .iter()
+            .filter(|c| c.pid > 0)
+            .count(),
+        2
+    );
+
+    // Bad input: each gets its code and names the problem; the agent stays up.
+    expect_code(
+        pod.create("app", &ContainerSpec::cri(&["true"])),
+        ttrpc::Code::ALREADY_EXISTS,
+        "app",
+    );
+    expect_code(pod.start("ghost"), ttrpc::Code::NOT_FOUND, "ghost");
+    expect_code(
+        pod.remove("sidecar"),
+        ttrpc::Code::FAILED_PRECONDITION,
+        "running",
+    );
+    let mut bad = CreateContainerRequest::new();
+    bad.sandbox_id = "pod".into();
+    bad.container_id = "bad".into();
+    bad.oci_spec_json = b"{not json".to_vec();
+    bad.rootfs = TEST_IMAGE_ROOTFS.into();
+    expect_code(
+        agent.create_container(&bad, CALL),
+        ttrpc::Code::INVALID_ARGUMENT,
+        "malformed OCI spec",
+    );
+    bad.oci_spec_json = ContainerSpec::cri(&["true"]).json();
+    bad.rootfs = "/images/nope".into();
+    expect_code(
+        agent.create_container(&bad, CALL),
+        ttrpc::Code::INVALID_ARGUMENT,
+        "/images/nope",
+    );
+
+    // DestroySandbox takes the running containers with it.
+    let mut destroy = DestroySandboxRequest::new();
+    destroy.sandbox_id = "pod".into();
+    agent
+        .destroy_sandbox(&destroy, CALL)
+        .expect("DestroySandbox");
+    expect_code(pod.start("sidecar"), ttrpc::Code::NOT_FOUND, "sidecar");
+
+    agent.shutdown(CALL).expect("Shutdown");
+    let exit = vmm
+        .wait(Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(exit.status.code(), Some(0), "stderr: {}", exit.stderr);
+}
