@@ -11,6 +11,7 @@
 
 pub mod api;
 pub mod cgroup;
+pub mod child_report;
 pub mod config;
 pub mod container;
 pub mod init;

@@ -14,6 +14,8 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use nix::unistd::Pid;
 
+use crate::child_report::{self, errno, fail, StepFailure};
+
 /// A mount the init process makes inside the new root (target relative to the root).
 pub struct PlannedMount {
     pub source: CString,
@@ -57,27 +59,6 @@ pub const STEPS: [&str; 12] = [
     "report",
 ];
 
-fn errno() -> i32 {
-    std::io::Error::last_os_error()
-        .raw_os_error()
-        .unwrap_or(libc::EIO)
-}
-
-fn write_words(fd: RawFd, words: [i32; 3]) {
-    let mut buf = [0u8; 12];
-    for (i, w) in words.iter().enumerate() {
-        buf[i * 4..i * 4 + 4].copy_from_slice(&w.to_le_bytes());
-    }
-    // SAFETY: write(2) of a stack buffer; async-signal-safe.
-    unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
-}
-
-fn fail(fd: RawFd, step: usize) -> ! {
-    write_words(fd, [1, step as i32, errno()]);
-    // SAFETY: _exit(2) in a forked child: no destructors, no atexit handlers.
-    unsafe { libc::_exit(127) }
-}
-
 /// The two ends the agent keeps: the report pipe's read end and the "go" pipe's write end.
 pub struct LaunchPipes {
     pub report: OwnedFd,
@@ -112,40 +93,14 @@ pub fn release(pipes: &LaunchPipes) -> nix::Result<()> {
 
 /// The init's pid, or the failed step and errno. The helper reports the pid; the init's
 /// successful execve closes the report pipe (CLOEXEC) without a word, a failure writes one.
-pub fn read_report(pipes: LaunchPipes) -> Result<Pid, (&'static str, i32)> {
+pub fn read_report(pipes: LaunchPipes) -> Result<Pid, StepFailure> {
     drop(pipes.go);
-    let mut buf = [0u8; 24];
-    let mut filled = 0;
-    while filled < buf.len() {
-        match nix::unistd::read(pipes.report.as_raw_fd(), &mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(("report", e as i32)),
-        }
-    }
-    let word = |i: usize| i32::from_le_bytes([buf[i], buf[i + 1], buf[i + 2], buf[i + 3]]);
-    let mut pid = None;
-    for record in 0..filled / 12 {
-        let base = record * 12;
-        match word(base) {
-            0 => pid = Some(Pid::from_raw(word(base + 4))),
-            _ => {
-                let step = STEPS
-                    .get(word(base + 4) as usize)
-                    .copied()
-                    .unwrap_or("unknown");
-                return Err((step, word(base + 8)));
-            }
-        }
-    }
-    pid.ok_or(("report", libc::EPIPE))
+    child_report::read(pipes.report, &STEPS)
 }
 
 fn helper_main(plan: &LaunchPlan, report: RawFd, go: RawFd) -> ! {
-    // SAFETY: setns/unshare/read/fork/waitpid/_exit on descriptors and memory prepared before
-    // the fork.
-    unsafe {
+    // SAFETY: setns/unshare/read/fork/close on descriptors and memory prepared before the fork.
+    let init = unsafe {
         for (fd, flag) in &plan.join {
             if libc::setns(fd.as_raw_fd(), *flag) != 0 {
                 fail(report, 0);
@@ -165,16 +120,11 @@ fn helper_main(plan: &LaunchPlan, report: RawFd, go: RawFd) -> ! {
         if init == 0 {
             init_main(plan, report);
         }
-        write_words(report, [0, init, 0]);
+        child_report::report_pid(report, init);
         libc::close(report);
-        let mut status = 0;
-        while libc::waitpid(init, &mut status, 0) < 0 && errno() == libc::EINTR {}
-        libc::_exit(if libc::WIFEXITED(status) {
-            libc::WEXITSTATUS(status)
-        } else {
-            128 + libc::WTERMSIG(status)
-        });
-    }
+        init
+    };
+    child_report::exit_like(init)
 }
 
 fn init_main(plan: &LaunchPlan, report: RawFd) -> ! {

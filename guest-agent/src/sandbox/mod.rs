@@ -291,10 +291,7 @@ impl Sandboxes {
                 errno: e as i32,
             })?;
         sandbox.helper = helper;
-        let pause = pause.map_err(|f| SandboxError::Pause {
-            step: f.step,
-            errno: f.errno,
-        })?;
+        let pause = pause.map_err(|(step, errno)| SandboxError::Pause { step, errno })?;
         sandbox.pause = pause;
         sandbox.pause_cgroup = Some(pod_cgroup::create_child(
             &sandbox.pod_cgroup,
