@@ -12,7 +12,7 @@ use nutshell_protocol::agent::{
 };
 use nutshell_protocol::{AgentClient, ClientError};
 use nutshell_tests::ground::Group;
-use nutshell_tests::oci::ContainerSpec;
+use nutshell_tests::oci::{ContainerSpec, NsSource};
 use nutshell_tests::pod_guest::{GuestImage, Vmm, VmmLaunch, TEST_IMAGE_ROOTFS};
 
 const AGENT_TIMEOUT: Duration = Duration::from_secs(90);
@@ -138,6 +138,21 @@ fn containers_share_the_pod() {
         ),
         0
     );
+
+    // shareProcessNamespace: a container in pause's pid namespace sees pause as PID 1.
+    pod.create(
+        "shared",
+        &ContainerSpec::cri(&["sh", "-c", "test $$ != 1 && grep -qx pause /proc/1/comm"])
+            .pid(NsSource::Pod),
+    )
+    .expect("create");
+    pod.start("shared").expect("start");
+    assert_eq!(
+        pod.wait("shared").expect("wait"),
+        0,
+        "pause is not PID 1 of the shared pid namespace"
+    );
+    pod.remove("shared").expect("remove");
 
     // The inode table of pod-semantics.md, row by row, for two running containers.
     for id in ["app", "sidecar"] {
