@@ -11,8 +11,8 @@ use nutshell_protocol::agent::{
     CreateContainerRequest, CreateContainerResponse, CreateSandboxRequest, CreateSandboxResponse,
     DestroySandboxRequest, Empty, GuestDetailsRequest, GuestDetailsResponse, InspectSandboxRequest,
     InspectSandboxResponse, NamespaceProbe, RemoveContainerRequest, ShutdownRequest,
-    SignalProcessRequest, StartContainerRequest, StartContainerResponse, VersionRequest,
-    VersionResponse, WaitProcessRequest, WaitProcessResponse,
+    SignalProcessRequest, StartContainerRequest, StartContainerResponse, UpdateContainerRequest,
+    VersionRequest, VersionResponse, WaitProcessRequest, WaitProcessResponse,
 };
 use nutshell_protocol::agent_ttrpc::Agent;
 use nutshell_protocol::PROTOCOL_VERSION;
@@ -219,6 +219,17 @@ impl Agent for AgentService {
     ) -> ttrpc::Result<Empty> {
         self.sandboxes
             .signal_process(&req.container_id, &req.exec_id, req.signal as i32, req.all)
+            .map_err(|e| sandbox_status(&e))?;
+        Ok(Empty::new())
+    }
+
+    fn update_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: UpdateContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.sandboxes
+            .update_container(&req.container_id, &req.resources_json)
             .map_err(|e| sandbox_status(&e))?;
         Ok(Empty::new())
     }

@@ -8,11 +8,12 @@ use std::time::Duration;
 use nutshell_protocol::agent::{
     CreateContainerRequest, CreateSandboxRequest, DestroySandboxRequest, InspectSandboxRequest,
     InspectSandboxResponse, NamespaceMode, NamespaceOptions, ProcessNamespaces,
-    RemoveContainerRequest, SignalProcessRequest, StartContainerRequest, WaitProcessRequest,
+    RemoveContainerRequest, SignalProcessRequest, StartContainerRequest, UpdateContainerRequest,
+    WaitProcessRequest,
 };
 use nutshell_protocol::{AgentClient, ClientError};
 use nutshell_tests::ground::Group;
-use nutshell_tests::oci::{ContainerSpec, NsSource};
+use nutshell_tests::oci::{resources, to_json, ContainerSpec, NsSource};
 use nutshell_tests::pod_guest::{GuestImage, Vmm, VmmLaunch, TEST_IMAGE_ROOTFS};
 
 const AGENT_TIMEOUT: Duration = Duration::from_secs(90);
@@ -155,9 +156,12 @@ fn containers_share_the_pod() {
     pod.remove("shared").expect("remove");
 
     // The inode table of pod-semantics.md, row by row, for two running containers.
+    let limited = ContainerSpec::cri(&["sleep", "600"])
+        .resources(resources(Some(64 << 20), Some((50_000, 100_000))));
+    pod.create("app", &limited).expect("create");
+    pod.create("sidecar", &ContainerSpec::cri(&["sleep", "600"]))
+        .expect("create");
     for id in ["app", "sidecar"] {
-        pod.create(id, &ContainerSpec::cri(&["sleep", "600"]))
-            .expect("create");
         pod.start(id).expect("start");
     }
     let view = pod.inspect();
@@ -184,8 +188,31 @@ fn containers_share_the_pod() {
     let (app, sidecar) = (&view.containers[0], &view.containers[1]);
     assert_ne!(inode(app, "mnt"), inode(sidecar, "mnt"));
     assert_ne!(inode(app, "pid"), inode(sidecar, "pid"));
-    let cgroups: Vec<&str> = view.cgroups.iter().map(|c| c.path.as_str()).collect();
-    assert!(cgroups.contains(&"kubepods/poduid-pod/app"), "{cgroups:?}");
+    let cgroup_of = |view: &InspectSandboxResponse, id: &str| {
+        view.cgroups
+            .iter()
+            .find(|c| c.path == format!("kubepods/poduid-pod/{id}"))
+            .cloned()
+            .unwrap_or_else(|| panic!("no cgroup for {id}: {:?}", view.cgroups))
+    };
+    // Limits read back as the spec asked (runc's conversions), and change live.
+    let app_cgroup = cgroup_of(&view, "app");
+    assert_eq!(app_cgroup.memory_max, "67108864");
+    assert_eq!(app_cgroup.cpu_max, "50000 100000");
+    assert_eq!(cgroup_of(&view, "sidecar").memory_max, "max");
+    let mut update = UpdateContainerRequest::new();
+    update.container_id = "app".into();
+    update.resources_json = to_json(&resources(Some(128 << 20), None));
+    agent
+        .update_container(&update, CALL)
+        .expect("UpdateContainer");
+    assert_eq!(cgroup_of(&pod.inspect(), "app").memory_max, "134217728");
+    update.resources_json = br#"{"cpu":{"quota":10}}"#.to_vec();
+    expect_code(
+        agent.update_container(&update, CALL),
+        ttrpc::Code::INVALID_ARGUMENT,
+        "cpu.quota",
+    );
 
     // Signals: SIGKILL is reported as 128 + 9. Then the exited container starts again.
     pod.kill("app");

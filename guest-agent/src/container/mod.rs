@@ -7,6 +7,7 @@
 //! mount is always the container's own: its mounts vanish with it.
 
 pub mod launch;
+pub mod resources;
 
 use std::ffi::CString;
 use std::fs::File;
@@ -136,6 +137,18 @@ pub fn joined_namespaces(spec: &Spec) -> Result<NamespacePlan, ContainerError> {
         }
     }
     Ok(NamespacePlan { join, own_pid })
+}
+
+/// Writes `resources` into the cgroup `dir` (all validated first).
+pub fn apply_resources(
+    dir: &Path,
+    resources: &oci_spec::runtime::LinuxResources,
+) -> Result<(), ContainerError> {
+    for (file, value) in resources::to_writes(resources)? {
+        let path = dir.join(file);
+        std::fs::write(&path, &value).map_err(|source| ContainerError::Open { path, source })?;
+    }
+    Ok(())
 }
 
 /// Builds everything the children need to start `container` in the pod of `pause`.
@@ -272,6 +285,17 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("/proc/7/ns/pid"));
+    }
+
+    #[test]
+    fn resources_survive_parsing() {
+        let json = br#"{"ociVersion":"1.1.0","process":{"args":["sleep"],"cwd":"/","user":{"uid":0,"gid":0}},
+            "root":{"path":"rootfs"},"linux":{"resources":{"memory":{"limit":67108864},
+            "cpu":{"quota":50000,"period":100000}},"namespaces":[{"type":"pid"}]}}"#;
+        let spec = parse_spec(json).unwrap();
+        let resources = spec.linux().as_ref().and_then(|l| l.resources().clone()).unwrap();
+        let writes = resources::to_writes(&resources).unwrap();
+        assert!(writes.contains(&("memory.max", "67108864".to_string())), "{writes:?}");
     }
 
     #[test]

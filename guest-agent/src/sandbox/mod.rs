@@ -475,6 +475,14 @@ impl Sandboxes {
                 dir
             }
         };
+        if let Some(resources) = c.spec.linux().as_ref().and_then(|l| l.resources().as_ref()) {
+            container::apply_resources(&cgroup, resources).map_err(|source| {
+                SandboxError::Container {
+                    id: id.into(),
+                    source,
+                }
+            })?;
+        }
         let launch_error = |step: &'static str, errno: i32| SandboxError::Launch {
             id: id.into(),
             step,
@@ -591,6 +599,29 @@ impl Sandboxes {
             let _ = kill(target, signal);
         }
         Ok(())
+    }
+
+    /// Changes the container's limits live (OCI LinuxResources as JSON).
+    pub fn update_container(&self, id: &str, resources_json: &[u8]) -> Result<(), SandboxError> {
+        let container_error = |source| SandboxError::Container {
+            id: id.into(),
+            source,
+        };
+        let resources: oci_spec::runtime::LinuxResources =
+            serde_json::from_slice(resources_json)
+                .map_err(|e| container_error(ContainerError::Spec(format!("resources: {e}"))))?;
+        let slot = self.sandbox_of(id)?;
+        let sandbox = slot.lock().unwrap_or_else(PoisonError::into_inner);
+        let c = sandbox
+            .containers
+            .get(id)
+            .ok_or_else(|| SandboxError::NoContainer(id.into()))?;
+        let dir = c.cgroup.as_ref().ok_or(SandboxError::WrongState {
+            id: id.into(),
+            state: "created",
+            wanted: "limits apply once it has been started",
+        })?;
+        container::apply_resources(dir, &resources).map_err(container_error)
     }
 
     /// Removes a container that is not running.
