@@ -293,9 +293,16 @@ mod tests {
             "root":{"path":"rootfs"},"linux":{"resources":{"memory":{"limit":67108864},
             "cpu":{"quota":50000,"period":100000}},"namespaces":[{"type":"pid"}]}}"#;
         let spec = parse_spec(json).unwrap();
-        let resources = spec.linux().as_ref().and_then(|l| l.resources().clone()).unwrap();
+        let resources = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.resources().clone())
+            .unwrap();
         let writes = resources::to_writes(&resources).unwrap();
-        assert!(writes.contains(&("memory.max", "67108864".to_string())), "{writes:?}");
+        assert!(
+            writes.contains(&("memory.max", "67108864".to_string())),
+            "{writes:?}"
+        );
     }
 
     #[test]
