@@ -10,8 +10,9 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use nutshell_protocol::agent::{
     CreateContainerRequest, CreateContainerResponse, CreateSandboxRequest, CreateSandboxResponse,
     DestroySandboxRequest, Empty, GuestDetailsRequest, GuestDetailsResponse, InspectSandboxRequest,
-    InspectSandboxResponse, NamespaceProbe, RemoveContainerRequest, ShutdownRequest,
-    SignalProcessRequest, StartContainerRequest, StartContainerResponse, UpdateContainerRequest,
+    InspectSandboxResponse, ListProcessesRequest, ListProcessesResponse, NamespaceProbe,
+    RemoveContainerRequest, ShutdownRequest, SignalProcessRequest, StartContainerRequest,
+    StartContainerResponse, StatsContainerRequest, StatsContainerResponse, UpdateContainerRequest,
     VersionRequest, VersionResponse, WaitProcessRequest, WaitProcessResponse,
 };
 use nutshell_protocol::agent_ttrpc::Agent;
@@ -232,6 +233,29 @@ impl Agent for AgentService {
             .update_container(&req.container_id, &req.resources_json)
             .map_err(|e| sandbox_status(&e))?;
         Ok(Empty::new())
+    }
+
+    fn stats_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: StatsContainerRequest,
+    ) -> ttrpc::Result<StatsContainerResponse> {
+        self.sandboxes
+            .stats_container(&req.container_id)
+            .map_err(|e| sandbox_status(&e))
+    }
+
+    fn list_processes(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ListProcessesRequest,
+    ) -> ttrpc::Result<ListProcessesResponse> {
+        let mut response = ListProcessesResponse::new();
+        response.processes = self
+            .sandboxes
+            .list_processes(&req.container_id)
+            .map_err(|e| sandbox_status(&e))?;
+        Ok(response)
     }
 
     fn remove_container(

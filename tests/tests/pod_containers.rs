@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use nutshell_protocol::agent::{
     CreateContainerRequest, CreateSandboxRequest, DestroySandboxRequest, InspectSandboxRequest,
-    InspectSandboxResponse, NamespaceMode, NamespaceOptions, ProcessNamespaces,
-    RemoveContainerRequest, SignalProcessRequest, StartContainerRequest, UpdateContainerRequest,
-    WaitProcessRequest,
+    InspectSandboxResponse, ListProcessesRequest, NamespaceMode, NamespaceOptions,
+    ProcessNamespaces, RemoveContainerRequest, SignalProcessRequest, StartContainerRequest,
+    StatsContainerRequest, UpdateContainerRequest, WaitProcessRequest,
 };
 use nutshell_protocol::{AgentClient, ClientError};
 use nutshell_tests::ground::Group;
@@ -212,6 +212,28 @@ fn containers_share_the_pod() {
         agent.update_container(&update, CALL),
         ttrpc::Code::INVALID_ARGUMENT,
         "cpu.quota",
+    );
+
+    // Stats and processes come from the container's cgroup.
+    let mut stats_req = StatsContainerRequest::new();
+    stats_req.container_id = "app".into();
+    let stats = agent
+        .stats_container(&stats_req, CALL)
+        .expect("StatsContainer");
+    assert_eq!(stats.memory_max, 128 << 20);
+    assert!(
+        stats.memory_current > 0 && stats.pids_current >= 1,
+        "{stats:?}"
+    );
+    let mut list = ListProcessesRequest::new();
+    list.container_id = "app".into();
+    let processes = agent
+        .list_processes(&list, CALL)
+        .expect("ListProcesses")
+        .processes;
+    assert!(
+        processes.iter().any(|p| p.cmdline == "sleep 600"),
+        "{processes:?}"
     );
 
     // Signals: SIGKILL is reported as 128 + 9. Then the exited container starts again.

@@ -8,6 +8,7 @@
 
 pub mod launch;
 pub mod resources;
+pub mod stats;
 
 use std::ffi::CString;
 use std::fs::File;

@@ -624,6 +624,37 @@ impl Sandboxes {
         container::apply_resources(dir, &resources).map_err(container_error)
     }
 
+    /// The cgroup directory of a container that has been started.
+    fn cgroup_of(&self, id: &str) -> Result<PathBuf, SandboxError> {
+        let slot = self.sandbox_of(id)?;
+        let sandbox = slot.lock().unwrap_or_else(PoisonError::into_inner);
+        let c = sandbox
+            .containers
+            .get(id)
+            .ok_or_else(|| SandboxError::NoContainer(id.into()))?;
+        c.cgroup.clone().ok_or(SandboxError::WrongState {
+            id: id.into(),
+            state: "created",
+            wanted: "it has no cgroup until it is started",
+        })
+    }
+
+    /// cgroup v2 figures of a container.
+    pub fn stats_container(
+        &self,
+        id: &str,
+    ) -> Result<nutshell_protocol::agent::StatsContainerResponse, SandboxError> {
+        Ok(container::stats::read(&self.cgroup_of(id)?))
+    }
+
+    /// The processes in a container's cgroup.
+    pub fn list_processes(
+        &self,
+        id: &str,
+    ) -> Result<Vec<nutshell_protocol::agent::ProcessEntry>, SandboxError> {
+        Ok(container::stats::processes(&self.cgroup_of(id)?))
+    }
+
     /// Removes a container that is not running.
     pub fn remove_container(&self, id: &str) -> Result<(), SandboxError> {
         let slot = self.sandbox_of(id)?;
