@@ -1,27 +1,32 @@
 //! The `nutshell.agent.v1.Agent` service: protobuf in, protobuf out.
 //!
-//! Handlers stay thin: they call into the module owning the work (`probe`
-//! now; sandbox/container/process engines later) and convert results and
-//! errors to protobuf and ttrpc statuses. New RPCs of `agent.proto` land here
-//! as more `Agent` trait methods.
+//! Handlers stay thin: they call into the module owning the work (`probe`,
+//! `sandbox`) and convert results and errors to protobuf and ttrpc statuses
+//! ([`sandbox_status`] is the one place where errors get their codes).
 
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::Arc;
+use std::time::Duration;
 
 use nutshell_protocol::agent::{
-    CreateContainerRequest, CreateContainerResponse, CreateSandboxRequest, CreateSandboxResponse,
-    DestroySandboxRequest, Empty, GuestDetailsRequest, GuestDetailsResponse, InspectSandboxRequest,
-    InspectSandboxResponse, ListProcessesRequest, ListProcessesResponse, NamespaceProbe,
-    RemoveContainerRequest, ShutdownRequest, SignalProcessRequest, StartContainerRequest,
-    StartContainerResponse, StatsContainerRequest, StatsContainerResponse, UpdateContainerRequest,
-    VersionRequest, VersionResponse, WaitProcessRequest, WaitProcessResponse,
+    CloseStdinRequest, CreateContainerRequest, CreateContainerResponse, CreateSandboxRequest,
+    CreateSandboxResponse, DestroySandboxRequest, Empty, ExecProcessRequest, ExecProcessResponse,
+    GetOomEventRequest, GuestDetailsRequest, GuestDetailsResponse, InspectSandboxRequest,
+    InspectSandboxResponse, ListProcessesRequest, ListProcessesResponse, NamespaceProbe, OomEvent,
+    RemoveContainerRequest, ResizeTtyRequest, ShutdownRequest, SignalProcessRequest,
+    StartContainerRequest, StartContainerResponse, StatsContainerRequest, StatsContainerResponse,
+    UpdateContainerRequest, VersionRequest, VersionResponse, WaitProcessRequest,
+    WaitProcessResponse,
 };
 use nutshell_protocol::agent_ttrpc::Agent;
 use nutshell_protocol::PROTOCOL_VERSION;
 use ttrpc::{Code, TtrpcContext};
 
+use crate::container::ContainerError;
 use crate::probe::{self, GuestDetails, SystemPaths};
 use crate::reaper::Reaper;
 use crate::sandbox::{SandboxError, Sandboxes};
+use crate::stdio::{StdioError, StdioHub};
 use crate::AGENT_VERSION;
 
 /// Receives the `Shutdown` request the service accepted.
@@ -48,6 +53,7 @@ impl ShutdownRequests {
 pub struct AgentService {
     reaper: Reaper,
     sandboxes: Sandboxes,
+    stdio: Arc<StdioHub>,
     system_paths: SystemPaths,
     shutdown_sender: SyncSender<()>,
 }
@@ -56,16 +62,41 @@ impl AgentService {
     pub fn new(reaper: Reaper, system_paths: SystemPaths) -> (AgentService, ShutdownRequests) {
         // One slot: a second Shutdown while the first is pending changes nothing.
         let (shutdown_sender, receiver) = sync_channel(1);
-        let sandboxes = Sandboxes::new(system_paths.sys_dir.join("fs/cgroup"), reaper.clone());
+        let stdio = StdioHub::new();
+        let sandboxes = Sandboxes::new(
+            system_paths.sys_dir.join("fs/cgroup"),
+            reaper.clone(),
+            stdio.clone(),
+        );
         let service = AgentService {
             sandboxes,
+            stdio,
             reaper,
             system_paths,
             shutdown_sender,
         };
         (service, ShutdownRequests { receiver })
     }
+
+    /// The stdio of every process, for the stdio stream server.
+    pub fn stdio_hub(&self) -> Arc<StdioHub> {
+        self.stdio.clone()
+    }
 }
+
+/// How long a blocking call may take: the caller's deadline (less a margin for the reply), or
+/// `default` when it gave none.
+fn call_limit(ctx: &TtrpcContext, default: Duration) -> Duration {
+    match u64::try_from(ctx.timeout_nano) {
+        Ok(nanos) if nanos > 0 => {
+            Duration::from_nanos(nanos).saturating_sub(Duration::from_millis(200))
+        }
+        _ => default,
+    }
+}
+
+/// Longest WaitProcess / GetOomEvent wait for a caller without a deadline.
+const UNBOUNDED_WAIT: Duration = Duration::from_secs(24 * 3600);
 
 /// ttrpc status carrying `err` and all its causes: "a: b: c".
 fn rpc_error(code: Code, err: &dyn std::error::Error) -> ttrpc::Error {
@@ -82,15 +113,31 @@ fn rpc_error(code: Code, err: &dyn std::error::Error) -> ttrpc::Error {
 /// The ttrpc status for a sandbox error: the one place where they are mapped.
 fn sandbox_status(err: &SandboxError) -> ttrpc::Error {
     let code = match err {
-        SandboxError::Invalid { .. } | SandboxError::Container { .. } => Code::INVALID_ARGUMENT,
-        SandboxError::AlreadyExists(_) | SandboxError::ContainerExists(_) => Code::ALREADY_EXISTS,
-        SandboxError::NotFound(_) | SandboxError::NoContainer(_) => Code::NOT_FOUND,
-        SandboxError::WrongState { .. } => Code::FAILED_PRECONDITION,
-        SandboxError::NoExec(_) => Code::UNIMPLEMENTED,
-        SandboxError::Launch { .. } => Code::INTERNAL,
-        SandboxError::Io { .. } | SandboxError::Pause { .. } | SandboxError::PauseStuck { .. } => {
-            Code::INTERNAL
+        SandboxError::Invalid { .. } => Code::INVALID_ARGUMENT,
+        SandboxError::Container { source, .. } => match source {
+            ContainerError::Spec(_)
+            | ContainerError::MissingRootfs(_)
+            | ContainerError::NoProgram(_)
+            | ContainerError::Unsupported(_) => Code::INVALID_ARGUMENT,
+            ContainerError::TargetNotRunning(_) => Code::FAILED_PRECONDITION,
+            ContainerError::Open { .. } => Code::INTERNAL,
+        },
+        SandboxError::AlreadyExists(_)
+        | SandboxError::ContainerExists(_)
+        | SandboxError::ExecExists { .. } => Code::ALREADY_EXISTS,
+        SandboxError::NotFound(_) | SandboxError::NoContainer(_) | SandboxError::NoExec { .. } => {
+            Code::NOT_FOUND
         }
+        SandboxError::WrongState { .. } => Code::FAILED_PRECONDITION,
+        SandboxError::Stdio { source, .. } => match source {
+            StdioError::NotATerminal => Code::FAILED_PRECONDITION,
+            _ => Code::INTERNAL,
+        },
+        SandboxError::Timeout { .. } => Code::DEADLINE_EXCEEDED,
+        SandboxError::Launch { .. }
+        | SandboxError::Io { .. }
+        | SandboxError::Pause(_)
+        | SandboxError::PauseStuck { .. } => Code::INTERNAL,
     };
     rpc_error(code, err)
 }
@@ -198,19 +245,65 @@ impl Agent for AgentService {
 
     fn wait_process(
         &self,
-        _ctx: &TtrpcContext,
+        ctx: &TtrpcContext,
         req: WaitProcessRequest,
     ) -> ttrpc::Result<WaitProcessResponse> {
-        let exit_code = self
+        let exit = self
             .sandboxes
-            .wait_process(&req.container_id, &req.exec_id)
+            .wait_process(
+                &req.container_id,
+                &req.exec_id,
+                call_limit(ctx, UNBOUNDED_WAIT),
+            )
             .map_err(|e| sandbox_status(&e))?;
         let mut response = WaitProcessResponse::new();
-        response.exit_code = exit_code;
-        if exit_code > 128 {
-            response.signal = exit_code - 128;
-        }
+        response.exit_code = exit.exit_code;
+        response.signal = exit.signal;
+        response.oom_killed = exit.oom_killed;
+        response.exited_at_ns = exit.exited_at_ns;
         Ok(response)
+    }
+
+    fn exec_process(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ExecProcessRequest,
+    ) -> ttrpc::Result<ExecProcessResponse> {
+        let pid = self
+            .sandboxes
+            .exec_process(&req)
+            .map_err(|e| sandbox_status(&e))?;
+        let mut response = ExecProcessResponse::new();
+        response.pid = pid;
+        Ok(response)
+    }
+
+    fn resize_tty(&self, _ctx: &TtrpcContext, req: ResizeTtyRequest) -> ttrpc::Result<Empty> {
+        self.sandboxes
+            .resize_tty(&req.container_id, &req.exec_id, req.rows, req.cols)
+            .map_err(|e| sandbox_status(&e))?;
+        Ok(Empty::new())
+    }
+
+    fn close_stdin(&self, _ctx: &TtrpcContext, req: CloseStdinRequest) -> ttrpc::Result<Empty> {
+        self.sandboxes
+            .close_stdin(&req.container_id, &req.exec_id)
+            .map_err(|e| sandbox_status(&e))?;
+        Ok(Empty::new())
+    }
+
+    fn get_oom_event(
+        &self,
+        ctx: &TtrpcContext,
+        req: GetOomEventRequest,
+    ) -> ttrpc::Result<OomEvent> {
+        let container_id = self
+            .sandboxes
+            .next_oom_event(&req.sandbox_id, call_limit(ctx, UNBOUNDED_WAIT))
+            .map_err(|e| sandbox_status(&e))?;
+        let mut event = OomEvent::new();
+        event.container_id = container_id;
+        Ok(event)
     }
 
     fn signal_process(

@@ -18,7 +18,7 @@ use nix::sys::stat::Mode;
 use nix::unistd::{close, dup2};
 use thiserror::Error;
 
-use crate::cgroup::{
+use crate::cgroups::{
     parse_controller_list, subtree_control_request, CGROUP2_MOUNT_POINT, CONTROLLERS_FILE,
     SUBTREE_CONTROL_FILE,
 };

@@ -3,14 +3,17 @@
 //! * [`init`]: boot-time mounts, console, cgroup v2 controllers (PID 1 only);
 //! * [`reaper`]: zombie reaping that keeps exit statuses of tracked children;
 //! * [`probe`]: guest details gathered at request time;
-//! * [`sandbox`]: pod sandboxes: the pod cgroup and pause with the shared namespaces;
+//! * [`sandbox`]: pod sandboxes: the pod cgroup and pause with the shared namespaces, and the
+//!   container and process calls;
+//! * [`container`]: OCI spec to namespaces, mounts and process setup; the children's side;
+//! * [`stdio`]: pipes and ptys of container processes, and the vsock stream server;
 //! * [`api`]: the `Agent` ttrpc service implementation;
 //! * [`server`]: the ttrpc server on vsock and its orderly stop;
 //! * [`power`]: powering the VM off;
 //! * [`config`]: command line and the run-mode decisions derived from it.
 
 pub mod api;
-pub mod cgroup;
+pub mod cgroups;
 pub mod child_report;
 pub mod config;
 pub mod container;
@@ -21,6 +24,7 @@ pub mod probe;
 pub mod reaper;
 pub mod sandbox;
 pub mod server;
+pub mod stdio;
 
 /// Version reported by `Version` and printed on the console.
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");

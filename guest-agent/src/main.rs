@@ -8,7 +8,9 @@ use nutshell_agent::api::AgentService;
 use nutshell_agent::config::{self, AgentConfig, Command, LOG_LEVEL_ENV, USAGE};
 use nutshell_agent::probe::SystemPaths;
 use nutshell_agent::reaper::{self, Reaper};
+use nutshell_agent::stdio::{self, server::StdioAddress};
 use nutshell_agent::{init, logger, power, server, AGENT_VERSION};
+use nutshell_protocol::STDIO_VSOCK_PORT;
 
 /// Longest wait for in-flight replies (the `Shutdown` reply) to go out
 /// before powering off anyway.
@@ -61,6 +63,8 @@ fn run(is_pid1: bool) -> anyhow::Result<()> {
     reaper.spawn_sigchld_thread()?;
 
     let (service, shutdown_requests) = AgentService::new(reaper, SystemPaths::default());
+    let stdio_address = StdioAddress::for_agent(&config.listen_address, STDIO_VSOCK_PORT);
+    stdio::server::start(&stdio_address, service.stdio_hub())?;
     let server = server::start(&config.listen_address, service)?;
     println!(
         "nutshell-agent {AGENT_VERSION} ready on {}",

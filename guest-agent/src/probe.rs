@@ -11,7 +11,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::{fork, ForkResult, Pid};
 use thiserror::Error;
 
-use crate::cgroup::{read_controller_list, CONTROLLERS_FILE, SUBTREE_CONTROL_FILE};
+use crate::cgroups::{read_controller_list, CONTROLLERS_FILE, SUBTREE_CONTROL_FILE};
 use crate::reaper::{ChildExit, Reaper, ReaperError};
 
 /// How long a namespace probe child may take before it is killed.

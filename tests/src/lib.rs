@@ -5,4 +5,5 @@
 
 pub mod ground;
 pub mod oci;
+pub mod pod_client;
 pub mod pod_guest;

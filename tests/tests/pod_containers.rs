@@ -6,18 +6,15 @@
 use std::time::Duration;
 
 use nutshell_protocol::agent::{
-    CreateContainerRequest, CreateSandboxRequest, DestroySandboxRequest, InspectSandboxRequest,
-    InspectSandboxResponse, ListProcessesRequest, NamespaceMode, NamespaceOptions,
-    ProcessNamespaces, RemoveContainerRequest, SignalProcessRequest, StartContainerRequest,
-    StatsContainerRequest, UpdateContainerRequest, WaitProcessRequest,
+    CreateContainerRequest, InspectSandboxResponse, ListProcessesRequest, NamespaceMode,
+    StatsContainerRequest, UpdateContainerRequest,
 };
-use nutshell_protocol::{AgentClient, ClientError};
 use nutshell_tests::ground::Group;
 use nutshell_tests::oci::{resources, to_json, ContainerSpec, NsSource};
+use nutshell_tests::pod_client::{expect_code, inode, Pod, CALL};
 use nutshell_tests::pod_guest::{GuestImage, Vmm, VmmLaunch, TEST_IMAGE_ROOTFS};
 
 const AGENT_TIMEOUT: Duration = Duration::from_secs(90);
-const CALL: Duration = Duration::from_secs(30);
 
 #[test]
 fn pod_containers() {
@@ -27,113 +24,41 @@ fn pod_containers() {
         .run(&[("containers_share_the_pod", containers_share_the_pod)]);
 }
 
-struct Pod<'a> {
-    agent: &'a AgentClient,
-}
-
-impl Pod<'_> {
-    fn create(&self, id: &str, spec: &ContainerSpec) -> Result<(), ClientError> {
-        let mut req = CreateContainerRequest::new();
-        req.sandbox_id = "pod".into();
-        req.container_id = id.into();
-        req.oci_spec_json = spec.json();
-        req.rootfs = TEST_IMAGE_ROOTFS.into();
-        self.agent.create_container(&req, CALL).map(|_| ())
-    }
-
-    fn start(&self, id: &str) -> Result<u32, ClientError> {
-        let mut req = StartContainerRequest::new();
-        req.container_id = id.into();
-        self.agent.start_container(&req, CALL).map(|r| r.pid)
-    }
-
-    fn wait(&self, id: &str) -> Result<i32, ClientError> {
-        let mut req = WaitProcessRequest::new();
-        req.container_id = id.into();
-        self.agent.wait_process(&req, CALL).map(|r| r.exit_code)
-    }
-
-    /// Runs `sh -c script` as container `id` to its end; its exit code.
-    fn run(&self, id: &str, script: &str) -> i32 {
-        self.create(id, &ContainerSpec::cri(&["sh", "-c", script]))
-            .unwrap_or_else(|e| panic!("create {id}: {e:?}"));
-        self.start(id)
-            .unwrap_or_else(|e| panic!("start {id}: {e:?}"));
-        let code = self.wait(id).unwrap_or_else(|e| panic!("wait {id}: {e:?}"));
-        self.remove(id)
-            .unwrap_or_else(|e| panic!("remove {id}: {e:?}"));
-        code
-    }
-
-    fn remove(&self, id: &str) -> Result<(), ClientError> {
-        let mut req = RemoveContainerRequest::new();
-        req.container_id = id.into();
-        self.agent.remove_container(&req, CALL).map(|_| ())
-    }
-
-    fn kill(&self, id: &str) {
-        let mut req = SignalProcessRequest::new();
-        req.container_id = id.into();
-        req.signal = 9;
-        req.all = true;
-        self.agent
-            .signal_process(&req, CALL)
-            .expect("SignalProcess");
-    }
-
-    fn inspect(&self) -> InspectSandboxResponse {
-        let mut req = InspectSandboxRequest::new();
-        req.sandbox_id = "pod".into();
-        self.agent
-            .inspect_sandbox(&req, CALL)
-            .expect("InspectSandbox")
-    }
-}
-
-fn inode(ns: &ProcessNamespaces, kind: &str) -> u64 {
-    *ns.inodes
-        .get(kind)
-        .unwrap_or_else(|| panic!("no {kind} inode for {:?}", ns.name))
-}
-
-fn expect_code<T: std::fmt::Debug>(
-    result: Result<T, ClientError>,
-    code: ttrpc::Code,
-    needle: &str,
-) {
-    let err = result.expect_err("the call should fail");
-    assert_eq!(err.code(), Some(code), "{err:?}");
-    let message = err.status_message().unwrap_or_default();
-    assert!(message.contains(needle), "{message:?} lacks {needle:?}");
+/// Exit code of `sh -c script` run as container `id`.
+fn run_code(pod: &Pod, id: &str, script: &str) -> i32 {
+    pod.run(id, script).0.exit_code
 }
 
 fn containers_share_the_pod() {
     let image = GuestImage::locate_test();
     let mut vmm = Vmm::spawn(&image, &VmmLaunch::default()).expect("spawn nutshell-vmm");
     let agent = vmm.agent(AGENT_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
-    let mut sandbox = CreateSandboxRequest::new();
-    sandbox.sandbox_id = "pod".into();
-    sandbox.pod_uid = "uid-pod".into();
-    sandbox.hostname = "web-pod".into();
-    let mut options = NamespaceOptions::new();
-    options.pid = NamespaceMode::CONTAINER.into();
-    sandbox.namespace_options = Some(options).into();
-    agent.create_sandbox(&sandbox, CALL).expect("CreateSandbox");
-    let pod = Pod { agent: &agent };
+    let pod = Pod::create_sandbox(
+        &agent,
+        vmm.uds.clone(),
+        "pod",
+        "web-pod",
+        Pod::options(NamespaceMode::CONTAINER),
+    );
 
     // Exit codes come back exactly; the hostname is the pod's; the container is PID 1 of its
     // own pid namespace and sees only its own processes; its root is the image, writable.
-    assert_eq!(pod.run("exit7", "exit 7"), 7);
-    assert_eq!(pod.run("hostname", "test \"$(hostname)\" = web-pod"), 0);
+    assert_eq!(run_code(&pod, "exit7", "exit 7"), 7);
     assert_eq!(
-        pod.run(
+        run_code(&pod, "hostname", "test \"$(hostname)\" = web-pod"),
+        0
+    );
+    assert_eq!(
+        run_code(
+            &pod,
             "pid1",
             "test $$ = 1 && ! cat /proc/[0-9]*/comm | grep -qx -e pause -e sleep -e init"
         ),
         0
     );
     assert_eq!(
-        pod.run(
+        run_code(
+            &pod,
             "rootfs",
             "test -x /usr/bin/nutshell-probe && echo hi > /new && test -c /dev/null"
         ),
@@ -141,28 +66,23 @@ fn containers_share_the_pod() {
     );
 
     // shareProcessNamespace: a container in pause's pid namespace sees pause as PID 1.
-    pod.create(
+    let (exit, _) = pod.run_spec(
         "shared",
         &ContainerSpec::cri(&["sh", "-c", "test $$ != 1 && grep -qx pause /proc/1/comm"])
             .pid(NsSource::Pod),
-    )
-    .expect("create");
-    pod.start("shared").expect("start");
+    );
     assert_eq!(
-        pod.wait("shared").expect("wait"),
-        0,
+        exit.exit_code, 0,
         "pause is not PID 1 of the shared pid namespace"
     );
-    pod.remove("shared").expect("remove");
 
     // The inode table of pod-semantics.md, row by row, for two running containers.
     let limited = ContainerSpec::cri(&["sleep", "600"])
         .resources(resources(Some(64 << 20), Some((50_000, 100_000))));
-    pod.create("app", &limited).expect("create");
-    pod.create("sidecar", &ContainerSpec::cri(&["sleep", "600"]))
-        .expect("create");
+    pod.create("app", &limited);
+    pod.create("sidecar", &ContainerSpec::cri(&["sleep", "600"]));
     for id in ["app", "sidecar"] {
-        pod.start(id).expect("start");
+        pod.start(id);
     }
     let view = pod.inspect();
     let pause = view.pause.clone().unwrap();
@@ -237,9 +157,9 @@ fn containers_share_the_pod() {
     );
 
     // Signals: SIGKILL is reported as 128 + 9. Then the exited container starts again.
-    pod.kill("app");
-    assert_eq!(pod.wait("app").expect("wait"), 137);
-    pod.start("app").expect("restart of an exited container");
+    pod.signal("app", 9, true);
+    assert_eq!(pod.wait("app", "").exit_code, 137);
+    pod.start("app");
     assert_eq!(
         pod.inspect()
             .containers
@@ -251,13 +171,13 @@ fn containers_share_the_pod() {
 
     // Bad input: each gets its code and names the problem; the agent stays up.
     expect_code(
-        pod.create("app", &ContainerSpec::cri(&["true"])),
+        pod.try_create("app", ContainerSpec::cri(&["true"]).json(), false),
         ttrpc::Code::ALREADY_EXISTS,
         "app",
     );
-    expect_code(pod.start("ghost"), ttrpc::Code::NOT_FOUND, "ghost");
+    expect_code(pod.try_start("ghost"), ttrpc::Code::NOT_FOUND, "ghost");
     expect_code(
-        pod.remove("sidecar"),
+        pod.try_remove("sidecar"),
         ttrpc::Code::FAILED_PRECONDITION,
         "running",
     );
@@ -280,12 +200,8 @@ fn containers_share_the_pod() {
     );
 
     // DestroySandbox takes the running containers with it.
-    let mut destroy = DestroySandboxRequest::new();
-    destroy.sandbox_id = "pod".into();
-    agent
-        .destroy_sandbox(&destroy, CALL)
-        .expect("DestroySandbox");
-    expect_code(pod.start("sidecar"), ttrpc::Code::NOT_FOUND, "sidecar");
+    pod.destroy();
+    expect_code(pod.try_start("sidecar"), ttrpc::Code::NOT_FOUND, "sidecar");
 
     agent.shutdown(CALL).expect("Shutdown");
     let exit = vmm

@@ -1,63 +1,38 @@
-//! Starting a container's init process: the child side of runc's `create`, reduced to what the
-//! guest needs. Everything the children use is prepared before the fork ([`LaunchPlan`]); the
-//! children then only make system calls.
+//! Starting a container's init process or an exec: the child side of runc's `create`/`exec`.
+//! Everything the children use is prepared before the fork ([`LaunchPlan`]); the children then
+//! only make system calls.
 //!
-//! helper (tracked by the agent's reaper): setns into the pod's namespaces, unshare mnt and pid,
-//! wait for the agent to place it in the container's cgroup, fork the init process, report its
-//! pid, wait for it and leave with its status.
-//! init (PID 1 of the container's pid namespace): private mounts, a writable overlay of the
-//! rootfs, /proc, /dev, /dev/pts, /dev/shm, /dev/mqueue, /sys (read-only), pivot_root, then
-//! execve of the spec's process.
+//! helper (tracked by the agent's reaper): closes every descriptor it does not need, setns into
+//! the namespaces to join (an exec: all of its container's, mnt last), unshares the new ones,
+//! waits for the agent to place it in the container's cgroup, unshares a cgroup namespace if
+//! asked, forks the process (which lands in a joined or new pid namespace), reports its pid,
+//! waits for it and leaves with its status.
+//! process: stdio and session; for an init, its root ([`super::rootfs_setup`]); then the OCI
+//! process setup and execve ([`super::process_setup`]).
 
-use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use nix::unistd::Pid;
 
-use crate::child_report::{self, errno, fail, StepFailure};
-
-/// A mount the init process makes inside the new root (target relative to the root).
-pub struct PlannedMount {
-    pub source: CString,
-    pub target: CString,
-    pub fstype: CString,
-    pub flags: libc::c_ulong,
-    pub data: CString,
-}
+use super::process_setup::{self, ChildStdioFds, ProcessPlan};
+use super::rootfs_setup::{self, RootfsPlan};
+use super::steps::{Step, STEP_NAMES};
+use crate::child_report::{self, fail, fail_item, StepFailure};
 
 /// Everything the children need, built before the fork.
 pub struct LaunchPlan {
-    /// Namespaces to join (opened /proc/<pause>/ns/* files) and the CLONE_NEW* flag of each.
+    /// Namespaces to join (opened /proc/<pid>/ns/* files) and the CLONE_NEW* flag of each, in
+    /// order.
     pub join: Vec<(OwnedFd, libc::c_int)>,
-    /// CLONE_NEW* flags to unshare (mnt, and pid unless joined).
+    /// CLONE_NEW* flags to unshare before the cgroup placement (mnt, pid...).
     pub unshare: libc::c_int,
-    pub overlay_target: CString,
-    pub overlay_data: CString,
-    pub mounts: Vec<PlannedMount>,
-    /// Character devices bound from the guest's /dev: (source, target inside the new root).
-    pub devices: Vec<(CString, CString)>,
-    pub put_old: CString,
-    pub cwd: CString,
-    pub program: CString,
-    pub argv: Vec<CString>,
-    pub envp: Vec<CString>,
+    /// CLONE_NEW* flags to unshare after it (cgroup).
+    pub unshare_after_placement: libc::c_int,
+    /// The container's root, for an init; None for an exec.
+    pub rootfs: Option<RootfsPlan>,
+    pub process: ProcessPlan,
+    pub stdio: ChildStdioFds,
 }
-
-/// A failed step in a child: (step index into [`STEPS`], errno).
-pub const STEPS: [&str; 12] = [
-    "setns",
-    "unshare",
-    "cgroup placement",
-    "fork init",
-    "make / private",
-    "mount rootfs overlay",
-    "mount",
-    "bind device",
-    "pivot_root",
-    "chdir",
-    "execve",
-    "report",
-];
 
 /// The two ends the agent keeps: the report pipe's read end and the "go" pipe's write end.
 pub struct LaunchPipes {
@@ -70,12 +45,23 @@ pub struct LaunchPipes {
 pub fn spawn(plan: &LaunchPlan) -> Result<(Pid, LaunchPipes), nix::Error> {
     let (report_read, report_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     let (go_read, go_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let mut keep: Vec<RawFd> = vec![
+        report_write.as_raw_fd(),
+        go_read.as_raw_fd(),
+        plan.stdio.stdin,
+        plan.stdio.stdout,
+        plan.stdio.stderr,
+    ];
+    keep.extend(plan.join.iter().map(|(fd, _)| fd.as_raw_fd()));
     // SAFETY: the child runs `helper_main`, which makes only system calls on memory prepared
     // before the fork and never returns.
     match unsafe { nix::unistd::fork() }? {
-        nix::unistd::ForkResult::Child => {
-            helper_main(plan, report_write.as_raw_fd(), go_read.as_raw_fd())
-        }
+        nix::unistd::ForkResult::Child => helper_main(
+            plan,
+            &mut keep,
+            report_write.as_raw_fd(),
+            go_read.as_raw_fd(),
+        ),
         nix::unistd::ForkResult::Parent { child } => Ok((
             child,
             LaunchPipes {
@@ -91,140 +77,62 @@ pub fn release(pipes: &LaunchPipes) -> nix::Result<()> {
     nix::unistd::write(&pipes.go, &[1]).map(|_| ())
 }
 
-/// The init's pid, or the failed step and errno. The helper reports the pid; the init's
-/// successful execve closes the report pipe (CLOEXEC) without a word, a failure writes one.
+/// The process's pid, or the failed step. The helper reports the pid; the process's successful
+/// execve closes the report pipe (CLOEXEC) without a word, a failure writes one.
 pub fn read_report(pipes: LaunchPipes) -> Result<Pid, StepFailure> {
     drop(pipes.go);
-    child_report::read(pipes.report, &STEPS)
+    child_report::read(pipes.report, &STEP_NAMES)
 }
 
-fn helper_main(plan: &LaunchPlan, report: RawFd, go: RawFd) -> ! {
+fn helper_main(plan: &LaunchPlan, keep: &mut [RawFd], report: RawFd, go: RawFd) -> ! {
+    child_report::close_other_fds(keep);
     // SAFETY: setns/unshare/read/fork/close on descriptors and memory prepared before the fork.
-    let init = unsafe {
-        for (fd, flag) in &plan.join {
+    let process = unsafe {
+        for (i, (fd, flag)) in plan.join.iter().enumerate() {
             if libc::setns(fd.as_raw_fd(), *flag) != 0 {
-                fail(report, 0);
+                fail_item(report, Step::Setns.index(), i);
             }
         }
-        if libc::unshare(plan.unshare) != 0 {
-            fail(report, 1);
+        if plan.unshare != 0 && libc::unshare(plan.unshare) != 0 {
+            fail(report, Step::Unshare.index());
         }
         let mut byte = 0u8;
         if libc::read(go, (&mut byte as *mut u8).cast(), 1) != 1 {
-            fail(report, 2);
+            fail(report, Step::CgroupPlacement.index());
         }
-        let init = libc::fork();
-        if init < 0 {
-            fail(report, 3);
+        libc::close(go);
+        if plan.unshare_after_placement != 0 && libc::unshare(plan.unshare_after_placement) != 0 {
+            fail(report, Step::Unshare.index());
         }
-        if init == 0 {
-            init_main(plan, report);
+        for (fd, _) in &plan.join {
+            libc::close(fd.as_raw_fd());
         }
-        child_report::report_pid(report, init);
-        libc::close(report);
-        init
+        let process = libc::fork();
+        if process < 0 {
+            fail(report, Step::Fork.index());
+        }
+        if process == 0 {
+            process_main(plan, report);
+        }
+        child_report::report_pid(report, process);
+        for fd in [
+            report,
+            plan.stdio.stdin,
+            plan.stdio.stdout,
+            plan.stdio.stderr,
+        ] {
+            libc::close(fd);
+        }
+        process
     };
-    child_report::exit_like(init)
+    child_report::exit_like(process)
 }
 
-fn init_main(plan: &LaunchPlan, report: RawFd) -> ! {
-    let null = std::ptr::null::<libc::c_char>();
-    // SAFETY: mount/pivot_root/chdir/execve on C strings prepared before the fork.
-    unsafe {
-        if libc::mount(
-            null,
-            c"/".as_ptr(),
-            null,
-            libc::MS_REC | libc::MS_PRIVATE,
-            null.cast(),
-        ) != 0
-        {
-            fail(report, 4);
-        }
-        if libc::mount(
-            c"overlay".as_ptr(),
-            plan.overlay_target.as_ptr(),
-            c"overlay".as_ptr(),
-            0,
-            plan.overlay_data.as_ptr().cast(),
-        ) != 0
-        {
-            fail(report, 5);
-        }
-        for m in &plan.mounts {
-            libc::mkdir(m.target.as_ptr(), 0o755);
-            if libc::mount(
-                m.source.as_ptr(),
-                m.target.as_ptr(),
-                m.fstype.as_ptr(),
-                m.flags,
-                m.data.as_ptr().cast(),
-            ) != 0
-            {
-                fail(report, 6);
-            }
-        }
-        for (source, target) in &plan.devices {
-            let fd = libc::open(
-                target.as_ptr(),
-                libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC,
-                0o666,
-            );
-            if fd >= 0 {
-                libc::close(fd);
-            }
-            if libc::mount(
-                source.as_ptr(),
-                target.as_ptr(),
-                null,
-                libc::MS_BIND,
-                null.cast(),
-            ) != 0
-            {
-                fail(report, 7);
-            }
-        }
-        libc::mkdir(plan.put_old.as_ptr(), 0o700);
-        if libc::syscall(
-            libc::SYS_pivot_root,
-            plan.overlay_target.as_ptr(),
-            plan.put_old.as_ptr(),
-        ) == 0
-        {
-            if libc::chdir(c"/".as_ptr()) != 0
-                || libc::umount2(c"/.oldroot".as_ptr(), libc::MNT_DETACH) != 0
-            {
-                fail(report, 8);
-            }
-            libc::rmdir(c"/.oldroot".as_ptr());
-        } else if errno() == libc::EINVAL {
-            // The guest's root is the initramfs (rootfs), which cannot be pivoted away from:
-            // move the new root over / and chroot into it, as runc's --no-pivot does.
-            libc::rmdir(plan.put_old.as_ptr());
-            if libc::chdir(plan.overlay_target.as_ptr()) != 0
-                || libc::mount(
-                    c".".as_ptr(),
-                    c"/".as_ptr(),
-                    null,
-                    libc::MS_MOVE,
-                    null.cast(),
-                ) != 0
-                || libc::chroot(c".".as_ptr()) != 0
-                || libc::chdir(c"/".as_ptr()) != 0
-            {
-                fail(report, 8);
-            }
-        } else {
-            fail(report, 8);
-        }
-        if libc::chdir(plan.cwd.as_ptr()) != 0 {
-            fail(report, 9);
-        }
-        let mut argv: Vec<*const libc::c_char> = plan.argv.iter().map(|a| a.as_ptr()).collect();
-        argv.push(null);
-        let mut envp: Vec<*const libc::c_char> = plan.envp.iter().map(|e| e.as_ptr()).collect();
-        envp.push(null);
-        libc::execve(plan.program.as_ptr(), argv.as_ptr(), envp.as_ptr());
-        fail(report, 10)
+fn process_main(plan: &LaunchPlan, report: RawFd) -> ! {
+    process_setup::setup_stdio(plan.stdio, report);
+    if let Some(rootfs) = &plan.rootfs {
+        rootfs_setup::build_root(rootfs, report);
+        rootfs_setup::harden_root(rootfs, report);
     }
+    process_setup::finish_and_exec(&plan.process, report)
 }

@@ -1,23 +1,34 @@
-//! Containers of a pod: from an OCI runtime spec to a [`launch::LaunchPlan`], and the
-//! container's state. The sandbox module owns the registry and the locking.
-//!
-//! Namespaces per spec entry (`linux.namespaces`): network, ipc, uts without a path or with
-//! path "pod" join pause's; "node" stays in the guest's root namespace. pid without a path is
-//! the container's own (it is PID 1 there); "pod" joins pause's (shareProcessNamespace).
-//! mount is always the container's own: its mounts vanish with it.
+//! Containers of a pod: from an OCI runtime spec to a [`launch::LaunchPlan`] for the init
+//! process or an exec, and the container's processes. The sandbox module owns the registry
+//! and the locking; [`namespaces`] documents where each namespace comes from.
 
+pub mod capabilities;
 pub mod launch;
+pub mod mounts;
+pub mod namespaces;
+pub mod process;
+pub mod process_setup;
 pub mod resources;
+pub mod rootfs_setup;
+pub mod seccomp;
 pub mod stats;
+pub mod steps;
 
+use std::collections::HashMap;
 use std::ffi::CString;
 use std::fs::File;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use nix::unistd::Pid;
-use oci_spec::runtime::{LinuxNamespaceType, Spec};
+use oci_spec::runtime::{Process as OciProcess, Spec};
 
-use launch::{LaunchPlan, PlannedMount};
+use crate::stdio::ChildStdio;
+use launch::LaunchPlan;
+use namespaces::{NamespacePlan, NamespaceSource};
+use process::Process;
+use process_setup::{ChildStdioFds, ProcessPlan};
+use rootfs_setup::RootfsPlan;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerError {
@@ -35,20 +46,26 @@ pub enum ContainerError {
     },
     #[error("{0}")]
     Unsupported(String),
+    #[error("namespace source container {0:?} is not running")]
+    TargetNotRunning(String),
 }
 
 /// Where a container is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum State {
+pub enum Status {
     Created,
-    /// `helper` is tracked by the reaper and mirrors `pid`'s exit.
-    Running {
-        helper: Pid,
-        pid: Pid,
-    },
-    Stopped {
-        exit_code: i32,
-    },
+    Running,
+    Stopped,
+}
+
+impl Status {
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Created => "created",
+            Status::Running => "running",
+            Status::Stopped => "stopped",
+        }
+    }
 }
 
 pub struct Container {
@@ -57,7 +74,37 @@ pub struct Container {
     /// Per-container scratch: overlay upper/work and the mount point of the new root.
     pub bundle: PathBuf,
     pub cgroup: Option<PathBuf>,
-    pub state: State,
+    /// Whether the init's stdin is wired (CreateContainerRequest.stdin).
+    pub stdin: bool,
+    pub namespaces: NamespacePlan,
+    /// The child's stdio of the next start (made at create, so streams can attach early).
+    pub pending_stdio: Option<ChildStdio>,
+    /// The current (or last) init process.
+    pub init: Option<Process>,
+    pub execs: HashMap<String, Process>,
+}
+
+impl Container {
+    pub fn status(&self) -> Status {
+        match &self.init {
+            None => Status::Created,
+            Some(p) if p.is_running() => Status::Running,
+            Some(_) => Status::Stopped,
+        }
+    }
+
+    /// The running init's pid.
+    pub fn running_pid(&self) -> Option<Pid> {
+        self.init.as_ref().filter(|p| p.is_running()).map(|p| p.pid)
+    }
+
+    pub fn terminal(&self) -> bool {
+        self.spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.terminal())
+            .unwrap_or(false)
+    }
 }
 
 pub fn parse_spec(json: &[u8]) -> Result<Spec, ContainerError> {
@@ -82,101 +129,46 @@ fn path_cstring(p: &Path) -> Result<CString, ContainerError> {
     cstring(p.as_os_str().as_encoded_bytes())
 }
 
-/// Finds args[0] in the rootfs the way execvp would (PATH from the spec's env).
-fn resolve_program(rootfs: &Path, arg0: &str, env: &[String]) -> Result<String, ContainerError> {
-    if arg0.contains('/') {
-        return Ok(arg0.to_string());
-    }
-    let path = env
-        .iter()
-        .find_map(|e| e.strip_prefix("PATH="))
-        .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
-    path.split(':')
-        .map(|dir| format!("{}/{arg0}", dir.trim_end_matches('/')))
-        .find(|candidate| {
-            let inside = rootfs.join(candidate.trim_start_matches('/'));
-            inside.symlink_metadata().is_ok()
-        })
-        .ok_or_else(|| ContainerError::NoProgram(arg0.to_string()))
+fn open_namespace(pid: Pid, kind: &str) -> Result<OwnedFd, ContainerError> {
+    let path = PathBuf::from(format!("/proc/{pid}/ns/{kind}"));
+    File::open(&path)
+        .map(OwnedFd::from)
+        .map_err(|source| ContainerError::Open { path, source })
 }
 
-/// How a container gets its namespaces: pause's to join, as (kind, CLONE_NEW* flag), and
-/// whether it has a pid namespace of its own.
-#[derive(Debug)]
-pub struct NamespacePlan {
-    pub join: Vec<(&'static str, libc::c_int)>,
-    pub own_pid: bool,
-}
-
-/// The namespace plan of a spec (see the module documentation).
-pub fn joined_namespaces(spec: &Spec) -> Result<NamespacePlan, ContainerError> {
-    let namespaces = spec
-        .linux()
-        .as_ref()
-        .and_then(|l| l.namespaces().clone())
-        .unwrap_or_default();
+/// The namespaces to join and the flags to unshare for `plan`: pause is `pause`, other
+/// containers' init pids come from `init_pid_of`.
+pub fn resolve_namespaces(
+    plan: &NamespacePlan,
+    pause: Pid,
+    init_pid_of: impl Fn(&str) -> Option<Pid>,
+) -> Result<(Vec<(OwnedFd, libc::c_int)>, libc::c_int), ContainerError> {
     let mut join = Vec::new();
-    let mut own_pid = false;
-    for ns in &namespaces {
-        let path = ns.path().as_ref().map(|p| p.to_string_lossy().into_owned());
-        let (kind, flag) = match ns.typ() {
-            LinuxNamespaceType::Network => ("net", libc::CLONE_NEWNET),
-            LinuxNamespaceType::Ipc => ("ipc", libc::CLONE_NEWIPC),
-            LinuxNamespaceType::Uts => ("uts", libc::CLONE_NEWUTS),
-            LinuxNamespaceType::Pid => ("pid", libc::CLONE_NEWPID),
-            _ => continue,
-        };
-        match (kind, path.as_deref()) {
-            ("pid", None) => own_pid = true,
-            (_, None | Some("pod")) => join.push((kind, flag)),
-            (_, Some("node")) => {}
-            (_, Some(other)) => {
-                return Err(ContainerError::Unsupported(format!(
-                    "{kind} namespace path {other:?} (this agent takes \"pod\" or \"node\")"
-                )))
+    let mut unshare = libc::CLONE_NEWNS;
+    for (kind, flag, source) in plan.shared_kinds() {
+        match source {
+            NamespaceSource::Own => unshare |= flag,
+            NamespaceSource::Node => {}
+            NamespaceSource::Pod => join.push((open_namespace(pause, kind)?, flag)),
+            NamespaceSource::Container(id) => {
+                let pid =
+                    init_pid_of(id).ok_or_else(|| ContainerError::TargetNotRunning(id.clone()))?;
+                join.push((open_namespace(pid, kind)?, flag));
+            }
+            NamespaceSource::Path(path) => {
+                let file = File::open(path).map_err(|source| ContainerError::Open {
+                    path: path.clone(),
+                    source,
+                })?;
+                join.push((file.into(), flag));
             }
         }
     }
-    Ok(NamespacePlan { join, own_pid })
+    Ok((join, unshare))
 }
 
-/// Writes `resources` into the cgroup `dir` (all validated first).
-pub fn apply_resources(
-    dir: &Path,
-    resources: &oci_spec::runtime::LinuxResources,
-) -> Result<(), ContainerError> {
-    for (file, value) in resources::to_writes(resources)? {
-        let path = dir.join(file);
-        std::fs::write(&path, &value).map_err(|source| ContainerError::Open { path, source })?;
-    }
-    Ok(())
-}
-
-/// Builds everything the children need to start `container` in the pod of `pause`.
-pub fn plan(container: &Container, pause: Pid) -> Result<LaunchPlan, ContainerError> {
-    if !container.rootfs.is_dir() {
-        return Err(ContainerError::MissingRootfs(container.rootfs.clone()));
-    }
-    let process = container.spec.process().clone().unwrap_or_default();
-    let args = process.args().clone().unwrap_or_default();
-    let env = process.env().clone().unwrap_or_default();
-    let program = resolve_program(&container.rootfs, &args[0], &env)?;
-
-    let NamespacePlan {
-        join: join_kinds,
-        own_pid,
-    } = joined_namespaces(&container.spec)?;
-    let mut join = Vec::new();
-    for (kind, flag) in join_kinds {
-        let path = PathBuf::from(format!("/proc/{pause}/ns/{kind}"));
-        let file = File::open(&path).map_err(|source| ContainerError::Open { path, source })?;
-        join.push((file.into(), flag));
-    }
-    let mut unshare = libc::CLONE_NEWNS;
-    if own_pid {
-        unshare |= libc::CLONE_NEWPID;
-    }
-
+/// The root of `container`: overlay, the spec's mounts, /dev, masked and read-only paths.
+fn plan_rootfs(container: &Container) -> Result<RootfsPlan, ContainerError> {
     let root = container.bundle.join("root");
     let (upper, work) = (
         container.bundle.join("upper"),
@@ -194,99 +186,141 @@ pub fn plan(container: &Container, pause: Pid) -> Result<LaunchPlan, ContainerEr
         upper.display(),
         work.display()
     );
+    let spec = &container.spec;
+    let planned_mounts = mounts::plan_mounts(&root, spec)?;
     let at = |rel: &str| path_cstring(&root.join(rel));
-    let mount = |source: &str, target: &str, fstype: &str, flags: libc::c_ulong, data: &str| {
-        Ok::<_, ContainerError>(PlannedMount {
-            source: cstring(source)?,
-            target: at(target)?,
-            fstype: cstring(fstype)?,
-            flags,
-            data: cstring(data)?,
-        })
-    };
-    let nodev = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
-    let mounts = vec![
-        mount("proc", "proc", "proc", nodev, "")?,
-        mount(
-            "tmpfs",
-            "dev",
-            "tmpfs",
-            libc::MS_NOSUID,
-            "mode=755,size=65536k",
-        )?,
-        mount(
-            "devpts",
-            "dev/pts",
-            "devpts",
-            libc::MS_NOSUID | libc::MS_NOEXEC,
-            "newinstance,ptmxmode=0666,mode=0620",
-        )?,
-        mount("shm", "dev/shm", "tmpfs", nodev, "mode=1777,size=65536k")?,
-        mount("mqueue", "dev/mqueue", "mqueue", nodev, "")?,
-        mount("sysfs", "sys", "sysfs", nodev | libc::MS_RDONLY, "")?,
-    ];
     let mut devices = Vec::new();
-    for dev in ["null", "zero", "full", "random", "urandom", "tty"] {
-        devices.push((cstring(format!("/dev/{dev}"))?, at(&format!("dev/{dev}"))?));
+    let mut symlinks = Vec::new();
+    if planned_mounts.iter().any(|m| m.destination == "/dev") {
+        for dev in ["null", "zero", "full", "random", "urandom", "tty"] {
+            devices.push((cstring(format!("/dev/{dev}"))?, at(&format!("dev/{dev}"))?));
+        }
+        for (text, link) in [
+            ("pts/ptmx", "dev/ptmx"),
+            ("/proc/self/fd", "dev/fd"),
+            ("/proc/self/fd/0", "dev/stdin"),
+            ("/proc/self/fd/1", "dev/stdout"),
+            ("/proc/self/fd/2", "dev/stderr"),
+            ("/proc/kcore", "dev/core"),
+        ] {
+            symlinks.push((cstring(text)?, at(link)?));
+        }
     }
-    let cwd = process.cwd().to_string_lossy().into_owned();
+    let linux = spec.linux().clone().unwrap_or_default();
+    let own_uts = container.namespaces.uts == NamespaceSource::Own;
+    Ok(RootfsPlan {
+        root: path_cstring(&root)?,
+        overlay_data: cstring(overlay_data)?,
+        mounts: planned_mounts,
+        devices,
+        symlinks,
+        put_old: at(".oldroot")?,
+        sysctls: mounts::plan_sysctls(linux.sysctl().iter().flatten())?,
+        readonly_paths: mounts::plan_paths(
+            "linux.readonlyPaths",
+            linux.readonly_paths().as_deref().unwrap_or_default(),
+        )?,
+        masked_paths: mounts::plan_paths(
+            "linux.maskedPaths",
+            linux.masked_paths().as_deref().unwrap_or_default(),
+        )?,
+        readonly_root: spec
+            .root()
+            .as_ref()
+            .and_then(|r| r.readonly())
+            .unwrap_or(false),
+        hostname: match (own_uts, spec.hostname()) {
+            (true, Some(name)) if !name.is_empty() => Some(cstring(name.as_str())?),
+            _ => None,
+        },
+    })
+}
+
+fn plan_oci_process(spec: &Spec, process: &OciProcess) -> Result<ProcessPlan, ContainerError> {
+    let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref());
+    process_setup::plan_process(process, seccomp)
+}
+
+/// Everything the children need to start the init of `container`.
+pub fn plan_init(
+    container: &Container,
+    join: Vec<(OwnedFd, libc::c_int)>,
+    unshare: libc::c_int,
+    stdio: ChildStdioFds,
+) -> Result<LaunchPlan, ContainerError> {
+    if !container.rootfs.is_dir() {
+        return Err(ContainerError::MissingRootfs(container.rootfs.clone()));
+    }
+    let oci_process = container.spec.process().clone().unwrap_or_default();
+    let process = plan_oci_process(&container.spec, &oci_process)?;
+    if !process_setup::program_exists(&container.rootfs, &process) {
+        return Err(ContainerError::NoProgram(process.program_name.clone()));
+    }
     Ok(LaunchPlan {
         join,
         unshare,
-        overlay_target: path_cstring(&root)?,
-        overlay_data: cstring(overlay_data)?,
-        mounts,
-        devices,
-        put_old: at(".oldroot")?,
-        cwd: cstring(if cwd.is_empty() { "/".to_string() } else { cwd })?,
-        program: cstring(program)?,
-        argv: args
-            .iter()
-            .map(|a| cstring(a.as_str()))
-            .collect::<Result<_, _>>()?,
-        envp: env
-            .iter()
-            .map(|e| cstring(e.as_str()))
-            .collect::<Result<_, _>>()?,
+        unshare_after_placement: if container.namespaces.own_cgroup {
+            libc::CLONE_NEWCGROUP
+        } else {
+            0
+        },
+        rootfs: Some(plan_rootfs(container)?),
+        process,
+        stdio,
     })
+}
+
+/// The namespace kinds an exec joins, in order: mnt last (it changes the root), pid before
+/// the fork that puts the process in it.
+pub const EXEC_JOIN_ORDER: [(&str, libc::c_int); 6] = [
+    ("cgroup", libc::CLONE_NEWCGROUP),
+    ("ipc", libc::CLONE_NEWIPC),
+    ("uts", libc::CLONE_NEWUTS),
+    ("net", libc::CLONE_NEWNET),
+    ("pid", libc::CLONE_NEWPID),
+    ("mnt", libc::CLONE_NEWNS),
+];
+
+/// Everything the children need to start an exec (an OCI process as JSON) in the container
+/// whose init is `init`.
+pub fn plan_exec(
+    spec: &Spec,
+    init: Pid,
+    process_json: &[u8],
+    stdio: ChildStdioFds,
+) -> Result<LaunchPlan, ContainerError> {
+    let oci_process: OciProcess = serde_json::from_slice(process_json)
+        .map_err(|e| ContainerError::Spec(format!("exec process: {e}")))?;
+    let process = plan_oci_process(spec, &oci_process)?;
+    let join = EXEC_JOIN_ORDER
+        .iter()
+        .map(|(kind, flag)| Ok((open_namespace(init, kind)?, *flag)))
+        .collect::<Result<Vec<_>, ContainerError>>()?;
+    Ok(LaunchPlan {
+        join,
+        unshare: 0,
+        unshare_after_placement: 0,
+        rootfs: None,
+        process,
+        stdio,
+    })
+}
+
+/// Writes `resources` into the cgroup `dir` (all validated first).
+pub fn apply_resources(
+    dir: &Path,
+    resources: &oci_spec::runtime::LinuxResources,
+) -> Result<(), ContainerError> {
+    for (file, value) in resources::to_writes(resources)? {
+        let path = dir.join(file);
+        std::fs::write(&path, &value).map_err(|source| ContainerError::Open { path, source })?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn spec(namespaces: &str) -> Spec {
-        let json = format!(
-            r#"{{"ociVersion":"1.0.2","process":{{"args":["sh"],"cwd":"/","user":{{"uid":0,"gid":0}}}},"root":{{"path":"rootfs"}},
-               "linux":{{"namespaces":[{namespaces}]}}}}"#
-        );
-        parse_spec(json.as_bytes()).unwrap()
-    }
-
-    #[test]
-    fn cri_defaults_join_pod_net_ipc_uts_with_own_pid() {
-        let s = spec(
-            r#"{"type":"network","path":"pod"},{"type":"ipc"},{"type":"uts"},{"type":"pid"},{"type":"mount"}"#,
-        );
-        let plan = joined_namespaces(&s).unwrap();
-        let kinds: Vec<&str> = plan.join.iter().map(|(k, _)| *k).collect();
-        assert_eq!(kinds, ["net", "ipc", "uts"]);
-        assert!(plan.own_pid);
-    }
-
-    #[test]
-    fn shared_pid_and_node_modes() {
-        let s = spec(r#"{"type":"network","path":"node"},{"type":"pid","path":"pod"}"#);
-        let plan = joined_namespaces(&s).unwrap();
-        let kinds: Vec<&str> = plan.join.iter().map(|(k, _)| *k).collect();
-        assert_eq!(kinds, ["pid"]);
-        assert!(!plan.own_pid);
-        let s = spec(r#"{"type":"pid","path":"/proc/7/ns/pid"}"#);
-        assert!(joined_namespaces(&s)
-            .unwrap_err()
-            .to_string()
-            .contains("/proc/7/ns/pid"));
-    }
 
     #[test]
     fn resources_survive_parsing() {
@@ -321,12 +355,27 @@ mod tests {
     }
 
     #[test]
-    fn programs_resolve_on_the_spec_path() {
-        let root = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(root.path().join("bin")).unwrap();
-        std::fs::write(root.path().join("bin/sh"), b"").unwrap();
-        assert_eq!(resolve_program(root.path(), "sh", &[]).unwrap(), "/bin/sh");
-        assert_eq!(resolve_program(root.path(), "/x/y", &[]).unwrap(), "/x/y");
-        assert!(resolve_program(root.path(), "nope", &["PATH=/bin".into()]).is_err());
+    fn node_namespaces_join_nothing_and_own_pid_unshares() {
+        let spec: Spec = serde_json::from_str(
+            r#"{"ociVersion":"1.0.2","process":{"args":["sh"],"cwd":"/","user":{"uid":0,"gid":0}},
+                "root":{"path":"r"},"linux":{"namespaces":[{"type":"pid"},{"type":"network","path":"node"}]}}"#,
+        )
+        .unwrap();
+        let plan = namespaces::plan_namespaces(&spec).unwrap();
+        let (join, unshare) = resolve_namespaces(&plan, Pid::this(), |_| None).unwrap();
+        assert!(join.is_empty());
+        assert_eq!(unshare, libc::CLONE_NEWNS | libc::CLONE_NEWPID);
+        let target: Spec = serde_json::from_str(
+            r#"{"ociVersion":"1.0.2","process":{"args":["sh"],"cwd":"/","user":{"uid":0,"gid":0}},
+                "root":{"path":"r"},"linux":{"namespaces":[{"type":"pid","path":"container:app"}]}}"#,
+        )
+        .unwrap();
+        let plan = namespaces::plan_namespaces(&target).unwrap();
+        let err = resolve_namespaces(&plan, Pid::this(), |_| None).unwrap_err();
+        assert!(err.to_string().contains("\"app\" is not running"), "{err}");
+        let (join, unshare) =
+            resolve_namespaces(&plan, Pid::this(), |_| Some(Pid::this())).unwrap();
+        assert_eq!(join.len(), 1);
+        assert_eq!(unshare, libc::CLONE_NEWNS);
     }
 }

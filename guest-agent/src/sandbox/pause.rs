@@ -9,21 +9,24 @@
 //! Between fork and exit the children only make async-signal-safe system calls on memory
 //! prepared before the fork.
 
+use std::ffi::CString;
 use std::os::fd::{AsRawFd, RawFd};
 
 use nix::sched::CloneFlags;
 use nix::unistd::Pid;
 
-use crate::child_report::{self, fail, StepFailure};
+use crate::child_report::{self, fail, fail_item, StepFailure};
 
 /// What pause is made of.
 pub struct PauseSpec {
     pub flags: CloneFlags,
     /// Applied when `flags` has a new uts namespace.
     pub hostname: Vec<u8>,
+    /// The pod's sysctls as (/proc/sys path, value), written inside the new namespaces.
+    pub sysctls: Vec<(CString, CString)>,
 }
 
-const STEPS: [&str; 3] = ["unshare", "sethostname", "fork pause"];
+const STEPS: [&str; 4] = ["unshare", "sethostname", "fork pause", "sysctl"];
 
 /// Forks the helper; returns the helper's pid and pause's pid (both in the guest's root pid
 /// namespace). Call it inside `Reaper::spawn_tracked` with the helper's pid.
@@ -33,7 +36,7 @@ pub fn spawn(spec: &PauseSpec) -> Result<(Pid, Result<Pid, StepFailure>), nix::E
     // data prepared before the fork and never returns.
     match unsafe { nix::unistd::fork() }? {
         nix::unistd::ForkResult::Child => {
-            drop(read_end);
+            child_report::close_other_fds(&mut [write_end.as_raw_fd()]);
             helper_main(spec, write_end.as_raw_fd())
         }
         nix::unistd::ForkResult::Parent { child } => {
@@ -44,7 +47,8 @@ pub fn spawn(spec: &PauseSpec) -> Result<(Pid, Result<Pid, StepFailure>), nix::E
 }
 
 fn helper_main(spec: &PauseSpec, fd: RawFd) -> ! {
-    // SAFETY: unshare(2) and sethostname(2) with valid arguments; async-signal-safe.
+    // SAFETY: unshare(2), sethostname(2), open/write/close with valid arguments prepared before
+    // the fork; async-signal-safe.
     unsafe {
         if libc::unshare(spec.flags.bits()) != 0 {
             fail(fd, 0);
@@ -53,6 +57,14 @@ fn helper_main(spec: &PauseSpec, fd: RawFd) -> ! {
             && libc::sethostname(spec.hostname.as_ptr().cast(), spec.hostname.len()) != 0
         {
             fail(fd, 1);
+        }
+        for (i, (path, value)) in spec.sysctls.iter().enumerate() {
+            let file = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            let bytes = value.as_bytes();
+            if file < 0 || libc::write(file, bytes.as_ptr().cast(), bytes.len()) < 0 {
+                fail_item(fd, 3, i);
+            }
+            libc::close(file);
         }
     }
     // SAFETY: fork(2) from the single-threaded helper; the child runs `pause_main`.

@@ -76,6 +76,34 @@ pub fn remove(dir: &Path) -> Result<(), SandboxError> {
     }
 }
 
+/// The pids in a cgroup.
+pub fn pids(dir: &Path) -> Vec<i32> {
+    std::fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// SIGKILLs every process of a cgroup (cgroup.kill; one by one where the kernel lacks it) and
+/// waits, up to a second, until it is empty.
+pub fn kill_all(dir: &Path) {
+    if std::fs::write(dir.join("cgroup.kill"), "1").is_err() {
+        for pid in pids(dir) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+    for _ in 0..100 {
+        if pids(dir).is_empty() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 /// The live state of one cgroup, for InspectSandbox.
 pub fn node(root: &Path, dir: &Path, owner: &str) -> nutshell_protocol::agent::CgroupNode {
     let read = |file: &str| {

@@ -1,5 +1,6 @@
-//! cgroup v2 interface files shared by init (enabling controllers) and the
-//! guest details probe (reporting them).
+//! Controller-list files (`cgroup.controllers`, `cgroup.subtree_control`)
+//! shared by init (enabling controllers), the guest details probe (reporting
+//! them) and the pod cgroup tree (enabling them for pods and containers).
 
 use std::fs;
 use std::io;
