@@ -94,6 +94,11 @@ pub const GUEST_MOUNTS: [MountSpec; 7] = [
 /// What [`run`] does.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InitConfig {
+    /// Where to stage the tmpfs that replaces an initramfs root (see [`crate::root_switch`]);
+    /// `None` keeps the root as it is.
+    pub root_switch: Option<PathBuf>,
+    /// Bring up `lo` of the guest's network namespace (hostNetwork pods use it).
+    pub loopback_up: bool,
     /// Mounted in order; mount points are created first.
     pub mounts: Vec<MountSpec>,
     /// Reopened as fds 0-2 when they are not open (no /dev/console in the
@@ -108,6 +113,8 @@ impl InitConfig {
     /// Boot sequence of the pod guest (the agent is PID 1).
     pub fn guest() -> InitConfig {
         InitConfig {
+            root_switch: Some(PathBuf::from("/.nutshell-root")),
+            loopback_up: true,
             mounts: GUEST_MOUNTS.to_vec(),
             console: Some(PathBuf::from("/dev/console")),
             cgroup_root: Some(PathBuf::from(CGROUP2_MOUNT_POINT)),
@@ -124,6 +131,10 @@ pub struct ControllerReport {
 
 #[derive(Debug, Error)]
 pub enum InitError {
+    #[error("cannot bring up lo")]
+    Loopback(#[source] Errno),
+    #[error("cannot move the root off the initramfs")]
+    RootSwitch(#[from] crate::root_switch::RootSwitchError),
     #[error("cannot create mount point {path}")]
     CreateMountPoint {
         path: PathBuf,
@@ -154,11 +165,19 @@ pub enum InitError {
 /// Runs the boot steps of `config`. Mount failures are fatal; controllers
 /// that cannot be enabled are only reported.
 pub fn run(config: &InitConfig) -> Result<ControllerReport, InitError> {
+    if let Some(staging) = &config.root_switch {
+        if crate::root_switch::root_is_initramfs() {
+            crate::root_switch::move_root_to_tmpfs(staging)?;
+        }
+    }
     for spec in &config.mounts {
         mount_filesystem(spec)?;
     }
     if let Some(console) = &config.console {
         ensure_stdio_open(console)?;
+    }
+    if config.loopback_up {
+        crate::loopback::bring_up().map_err(|errno| InitError::Loopback(Errno::from_raw(errno)))?;
     }
     match &config.cgroup_root {
         Some(root) => enable_all_controllers(root),
@@ -300,6 +319,8 @@ mod tests {
     #[test]
     fn config_without_steps_does_nothing() {
         let config = InitConfig {
+            root_switch: None,
+            loopback_up: false,
             mounts: Vec::new(),
             console: None,
             cgroup_root: None,

@@ -67,6 +67,14 @@ pub enum ClientError {
     /// Writing the StdioAttach frame of a stdio stream failed.
     #[error("cannot attach stdio stream")]
     StdioAttach(#[source] std::io::Error),
+    /// The agent refused a stdio attach.
+    #[error("stdio {stream:?} of {container_id:?}/{exec_id:?}: {reason}")]
+    StdioRefused {
+        container_id: String,
+        exec_id: String,
+        stream: crate::agent::StdioStream,
+        reason: String,
+    },
 }
 
 impl ClientError {

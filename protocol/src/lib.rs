@@ -29,6 +29,44 @@ pub const AGENT_VSOCK_PORT: u32 = 1024;
 /// `StdioAttach` in `proto/agent.proto`).
 pub const STDIO_VSOCK_PORT: u32 = 1025;
 
+/// The agent's one-byte answer to a `StdioAttach`, sent before any stream data: the host
+/// knows the stream is wired (or why not) before it writes stdin or issues `CloseStdin`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum StdioAttachStatus {
+    Attached = 0,
+    /// No process with that container id and exec id.
+    UnknownProcess = 1,
+    /// The stream is attached already, closed, or not wired (stdin false; stderr of a tty).
+    Unavailable = 2,
+    /// The attach message could not be read.
+    Malformed = 3,
+}
+
+impl StdioAttachStatus {
+    pub fn from_byte(byte: u8) -> Option<StdioAttachStatus> {
+        [
+            StdioAttachStatus::Attached,
+            StdioAttachStatus::UnknownProcess,
+            StdioAttachStatus::Unavailable,
+            StdioAttachStatus::Malformed,
+        ]
+        .into_iter()
+        .find(|s| *s as u8 == byte)
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            StdioAttachStatus::Attached => "attached",
+            StdioAttachStatus::UnknownProcess => "no such process",
+            StdioAttachStatus::Unavailable => {
+                "stream attached already, closed, or not wired for this process"
+            }
+            StdioAttachStatus::Malformed => "malformed attach message",
+        }
+    }
+}
+
 /// Version of the API in `proto/agent.proto`, reported by `Version`.
 /// Bump on incompatible changes only; additive changes keep it.
 pub const PROTOCOL_VERSION: u32 = 1;

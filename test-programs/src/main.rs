@@ -21,7 +21,10 @@ const USAGE: &str = "usage: nutshell-probe <command> [args]
   alloc MIB               touch MIB MiB of memory, then sleep (OOM tests)
   spew BYTES              write BYTES bytes of the pattern (i % 251) to stdout
   echo-stdin              copy stdin to stdout, print the byte count on stderr
-  pid1-check              print `pid=<getpid> ppid=<getppid>`";
+  pid1-check              print `pid=<getpid> ppid=<getppid>`
+  chroot-escape PATH      the classic chroot escape (chroot into a subdirectory, chdir ..
+                          many times, chroot .); print `escaped` if PATH is then visible,
+                          else `contained`";
 
 /// Namespace kinds in the order `ns` prints them.
 const NS_KINDS: [&str; 8] = ["net", "uts", "ipc", "pid", "mnt", "user", "cgroup", "time"];
@@ -68,6 +71,7 @@ fn run(argv: &[&str]) -> Result<(), Failure> {
         ["alloc", mib] => alloc(parse(mib)?),
         ["spew", bytes] => spew(parse(bytes)?),
         ["echo-stdin"] => echo_stdin(),
+        ["chroot-escape", path] => chroot_escape(path),
         ["pid1-check"] => {
             // SAFETY: getpid and getppid have no preconditions.
             let (pid, ppid) = unsafe { (libc::getpid(), libc::getppid()) };
@@ -96,6 +100,29 @@ fn ns() -> Result<(), String> {
             Err(e) => return Err(format!("stat {path}: {e}")),
         }
     }
+    Ok(())
+}
+
+fn chroot_escape(probe: &str) -> Result<(), String> {
+    let os = |what: &str| format!("{what}: {}", std::io::Error::last_os_error());
+    std::fs::create_dir_all("/tmp/escape").map_err(|e| format!("mkdir /tmp/escape: {e}"))?;
+    // SAFETY: chroot and chdir on NUL-terminated literals; this process only exits after.
+    unsafe {
+        if libc::chroot(c"/tmp/escape".as_ptr()) != 0 {
+            return Err(os("chroot /tmp/escape"));
+        }
+        // The working directory stayed outside the new root: walk up from it.
+        for _ in 0..64 {
+            if libc::chdir(c"..".as_ptr()) != 0 {
+                return Err(os("chdir .."));
+            }
+        }
+        if libc::chroot(c".".as_ptr()) != 0 {
+            return Err(os("chroot ."));
+        }
+    }
+    let escaped = std::path::Path::new(probe).exists();
+    println!("{}", if escaped { "escaped" } else { "contained" });
     Ok(())
 }
 

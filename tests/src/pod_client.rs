@@ -263,10 +263,18 @@ impl<'a> Pod<'a> {
         (exit, output.finish())
     }
 
-    /// Writes `bytes` to the process's stdin stream, then CloseStdin.
+    /// Writes `bytes` to the process's stdin stream, then shuts the stream down (EOF after
+    /// the last byte).
     pub fn feed_stdin(&self, id: &str, exec_id: &str, bytes: &[u8]) {
         let mut stdin = self.attach(id, exec_id, StdioStream::STDIN);
         stdin.write_all(bytes).expect("write stdin");
+        stdin
+            .shutdown(std::net::Shutdown::Write)
+            .expect("shut down the stdin stream");
+    }
+
+    /// CloseStdin: EOF to a process whose stdin no stream is attached to.
+    pub fn close_stdin(&self, id: &str, exec_id: &str) {
         let mut req = CloseStdinRequest::new();
         req.container_id = id.into();
         req.exec_id = exec_id.into();

@@ -65,6 +65,19 @@ fn containers_share_the_pod() {
         0
     );
 
+    // The container's root is a pivot_root, not a chroot: CAP_SYS_CHROOT (in CRI's default
+    // set) cannot walk out of it to the guest's root, where the agent is /init.
+    let (exit, output) = pod.run_spec(
+        "escape",
+        &ContainerSpec::cri(&["nutshell-probe", "chroot-escape", "/init"]),
+    );
+    assert_eq!(
+        (exit.exit_code, output.stdout_text().trim()),
+        (0, "contained"),
+        "chroot escape: {}",
+        output.stderr_text()
+    );
+
     // shareProcessNamespace: a container in pause's pid namespace sees pause as PID 1.
     let (exit, _) = pod.run_spec(
         "shared",

@@ -166,6 +166,39 @@ fn stdin_reaches_the_process(pod: &Pod) {
     let exit = pod.wait("idle", "cat");
     assert_eq!(exit.exit_code, 4);
     assert_eq!(output.finish().stdout_text().trim(), "12");
+    // CloseStdin without a stream: EOF at once; attaching afterwards is refused.
+    pod.try_exec(
+        "idle",
+        "closed",
+        exec_process_json(&["sh", "-c", "wc -c"], false),
+        true,
+    )
+    .expect("ExecProcess with stdin");
+    let output = pod.collect("idle", "closed", false);
+    pod.close_stdin("idle", "closed");
+    assert_eq!(pod.wait("idle", "closed").exit_code, 0);
+    assert_eq!(output.finish().stdout_text().trim(), "0");
+    let refused = nutshell_protocol::client::attach_stdio(
+        &pod.uds,
+        "idle",
+        "closed",
+        StdioStream::STDIN,
+        CALL,
+    )
+    .expect_err("stdin attach after CloseStdin");
+    assert!(
+        refused.to_string().contains("unavailable") || refused.to_string().contains("closed"),
+        "{refused}"
+    );
+    let unknown = nutshell_protocol::client::attach_stdio(
+        &pod.uds,
+        "idle",
+        "nope",
+        StdioStream::STDOUT,
+        CALL,
+    )
+    .expect_err("attach to an unknown exec");
+    assert!(unknown.to_string().contains("no such process"), "{unknown}");
     expect_code(
         pod.resize("idle", "cat", 10, 10),
         ttrpc::Code::FAILED_PRECONDITION,
@@ -179,7 +212,11 @@ fn terminal_gets_its_size(pod: &Pod) {
         "idle",
         "tty",
         exec_process_json(
-            &["sh", "-c", "read line; stty size; tty; echo got $line"],
+            &[
+                "sh",
+                "-c",
+                "read line; stty size; test -t 0 && test -t 1 && echo is-a-tty; echo got $line",
+            ],
             true,
         ),
         true,
@@ -193,7 +230,7 @@ fn terminal_gets_its_size(pod: &Pod) {
     let text = output.finish().stdout_text();
     assert_eq!(exit.exit_code, 0, "{text}");
     assert!(text.contains("40 100"), "window size missing: {text:?}");
-    assert!(text.contains("/dev/pts/"), "not a pty: {text:?}");
+    assert!(text.contains("is-a-tty"), "not a pty: {text:?}");
     assert!(text.contains("got hello"), "terminal input lost: {text:?}");
     pod.signal("idle", 9, true);
     pod.wait("idle", "");
@@ -234,12 +271,13 @@ fn edited_spec(args: &[&str], edit: impl FnOnce(&mut Value)) -> Vec<u8> {
 /// user, groups, umask, cwd, env, capabilities, no_new_privs, rlimits, oom_score_adj,
 /// sysctls, masked and read-only paths, bind mounts and a read-only root, as the spec says.
 fn process_setup_follows_the_spec(pod: &Pod) {
-    let script = r#"set -e
+    let script = r#"set -ex
         test "$(id -u):$(id -g)" = 1000:1000
         test "$(id -G)" = "1000 2000 3000"
         test "$(umask)" = 0027
         test "$(pwd)" = /tmp && test "$GREETING" = hello
-        grep -qx 'CapEff:	0000000000000420' /proc/self/status
+        grep -qx 'CapEff:	0000000000000400' /proc/self/status
+        grep -qx 'CapAmb:	0000000000000400' /proc/self/status
         grep -qx 'CapBnd:	0000000000000420' /proc/self/status
         grep -qx 'NoNewPrivs:	1' /proc/self/status
         test "$(ulimit -n)" = 256
@@ -260,7 +298,10 @@ fn process_setup_follows_the_spec(pod: &Pod) {
             .unwrap()
             .push(json!("GREETING=hello"));
         let caps = json!(["CAP_KILL", "CAP_NET_BIND_SERVICE"]);
-        process["capabilities"] = json!({"bounding": caps, "effective": caps, "permitted": caps});
+        // A non-root process keeps after execve only its ambient capabilities.
+        let ambient = json!(["CAP_NET_BIND_SERVICE"]);
+        process["capabilities"] = json!({"bounding": caps, "effective": caps, "permitted": caps,
+            "inheritable": ambient, "ambient": ambient});
         process["noNewPrivileges"] = json!(true);
         process["rlimits"] = json!([{"type": "RLIMIT_NOFILE", "hard": 512, "soft": 256}]);
         process["oomScoreAdj"] = json!(500);

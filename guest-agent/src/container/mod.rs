@@ -38,7 +38,7 @@ pub enum ContainerError {
     MissingRootfs(PathBuf),
     #[error("process args[0] {0:?} not found in the container's PATH")]
     NoProgram(String),
-    #[error("cannot open {path}: {source}")]
+    #[error("cannot open {path}")]
     Open {
         path: PathBuf,
         #[source]
@@ -239,6 +239,13 @@ fn plan_rootfs(container: &Container) -> Result<RootfsPlan, ContainerError> {
 fn plan_oci_process(spec: &Spec, process: &OciProcess) -> Result<ProcessPlan, ContainerError> {
     let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref());
     process_setup::plan_process(process, seccomp)
+}
+
+/// Checks the spec's process (user, rlimits, capabilities, seccomp profile...) at create
+/// time, so a bad spec fails CreateContainer rather than the later start.
+pub fn check_process(spec: &Spec) -> Result<(), ContainerError> {
+    let process = spec.process().clone().unwrap_or_default();
+    plan_oci_process(spec, &process).map(|_| ())
 }
 
 /// Everything the children need to start the init of `container`.

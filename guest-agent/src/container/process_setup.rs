@@ -110,9 +110,13 @@ pub fn plan_process(
     let mut rlimits = Vec::new();
     for rlimit in process.rlimits().iter().flatten() {
         if rlimit.soft() > rlimit.hard() {
+            // The spec's own spelling (RLIMIT_NOFILE), as the user wrote it.
+            let name = serde_json::to_value(rlimit.typ())
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_else(|| format!("{:?}", rlimit.typ()));
             return Err(ContainerError::Spec(format!(
-                "process.rlimits {:?}: soft {} above hard {}",
-                rlimit.typ(),
+                "process.rlimits {name}: soft {} above hard {}",
                 rlimit.soft(),
                 rlimit.hard()
             )));

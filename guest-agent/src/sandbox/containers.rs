@@ -117,6 +117,7 @@ impl Sandboxes {
             source,
         };
         let mut spec = container::parse_spec(&req.oci_spec_json).map_err(container_error)?;
+        container::check_process(&spec).map_err(container_error)?;
         let namespaces = namespaces::plan_namespaces(&spec).map_err(container_error)?;
         let rootfs = PathBuf::from(&req.rootfs);
         if !rootfs.is_dir() {

@@ -59,7 +59,7 @@ pub enum SandboxError {
     AlreadyExists(String),
     #[error("no sandbox {0:?}")]
     NotFound(String),
-    #[error("cannot {what} {path}: {source}")]
+    #[error("cannot {what} {path}")]
     Io {
         what: &'static str,
         path: PathBuf,
@@ -84,13 +84,13 @@ pub enum SandboxError {
     ExecExists { id: String, exec_id: String },
     #[error("no exec {exec_id:?} in container {id:?}")]
     NoExec { id: String, exec_id: String },
-    #[error("container {id:?}: {source}")]
+    #[error("container {id:?}")]
     Container {
         id: String,
         #[source]
         source: ContainerError,
     },
-    #[error("container {id:?}: stdio: {source}")]
+    #[error("container {id:?}: stdio")]
     Stdio {
         id: String,
         #[source]

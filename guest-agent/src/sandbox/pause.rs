@@ -26,7 +26,13 @@ pub struct PauseSpec {
     pub sysctls: Vec<(CString, CString)>,
 }
 
-const STEPS: [&str; 4] = ["unshare", "sethostname", "fork pause", "sysctl"];
+const STEPS: [&str; 5] = [
+    "unshare",
+    "sethostname",
+    "fork pause",
+    "sysctl",
+    "bringing up lo",
+];
 
 /// Forks the helper; returns the helper's pid and pause's pid (both in the guest's root pid
 /// namespace). Call it inside `Reaper::spawn_tracked` with the helper's pid.
@@ -52,6 +58,12 @@ fn helper_main(spec: &PauseSpec, fd: RawFd) -> ! {
     unsafe {
         if libc::unshare(spec.flags.bits()) != 0 {
             fail(fd, 0);
+        }
+        if spec.flags.contains(CloneFlags::CLONE_NEWNET) {
+            if let Err(errno) = crate::loopback::bring_up() {
+                *libc::__errno_location() = errno;
+                fail(fd, 4);
+            }
         }
         if spec.flags.contains(CloneFlags::CLONE_NEWUTS)
             && libc::sethostname(spec.hostname.as_ptr().cast(), spec.hostname.len()) != 0

@@ -19,19 +19,19 @@ use crate::container::process_setup::ChildStdioFds;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StdioError {
-    #[error("cannot make stdio pipes: {0}")]
+    #[error("cannot make stdio pipes")]
     Pipe(#[source] nix::Error),
-    #[error("cannot make a pty: {step}: {source}")]
+    #[error("cannot make a pty: {step}")]
     Pty {
         step: &'static str,
         #[source]
         source: nix::Error,
     },
-    #[error("cannot open /dev/null: {0}")]
+    #[error("cannot open /dev/null")]
     DevNull(#[source] std::io::Error),
     #[error("not a terminal: ResizeTty needs a process started with terminal true")]
     NotATerminal,
-    #[error("cannot resize the terminal: {0}")]
+    #[error("cannot resize the terminal")]
     Resize(#[source] nix::Error),
 }
 

@@ -14,6 +14,7 @@ use std::time::Duration;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{self, AddressFamily, Backlog, SockFlag, SockType, VsockAddr};
 use nutshell_protocol::agent::{StdioAttach, StdioStream};
+use nutshell_protocol::StdioAttachStatus;
 use protobuf::Message;
 
 use super::{ProcessStdio, StdioHub};
@@ -28,13 +29,13 @@ const COPY_BUFFER: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StdioServerError {
-    #[error("cannot listen for stdio on {address}: {source}")]
+    #[error("cannot listen for stdio on {address}")]
     Listen {
         address: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot start the stdio accept thread: {0}")]
+    #[error("cannot start the stdio accept thread")]
     Thread(#[source] std::io::Error),
 }
 
@@ -157,6 +158,7 @@ fn serve_connection(conn: OwnedFd, hub: &StdioHub) {
         Ok(attach) => attach,
         Err(e) => {
             log::warn!("stdio connection without a valid attach: {e}");
+            answer(&mut conn, StdioAttachStatus::Malformed);
             return;
         }
     };
@@ -172,6 +174,7 @@ fn serve_connection(conn: OwnedFd, hub: &StdioHub) {
             attach.container_id,
             attach.exec_id
         );
+        answer(&mut conn, StdioAttachStatus::UnknownProcess);
         return;
     };
     let end = match stream {
@@ -185,12 +188,22 @@ fn serve_connection(conn: OwnedFd, hub: &StdioHub) {
             attach.container_id,
             attach.exec_id
         );
+        answer(&mut conn, StdioAttachStatus::Unavailable);
         return;
     };
+    // The host starts writing stdin (or relies on the stream for output) only after this.
+    if !answer(&mut conn, StdioAttachStatus::Attached) {
+        return;
+    }
     match stream {
         StdioStream::STDIN => copy_stdin(conn, end, &stdio),
         _ => copy_output(end, conn),
     }
+}
+
+/// Sends the attach answer; false when the host is gone already.
+fn answer(conn: &mut File, status: StdioAttachStatus) -> bool {
+    conn.write_all(&[status as u8]).is_ok()
 }
 
 /// Process output to the stream until the process side's EOF (a pty reports EIO when the

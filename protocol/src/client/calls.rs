@@ -1,7 +1,7 @@
 //! Typed wrappers of the sandbox, container and process calls, and the
 //! stdio stream attach helper.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
@@ -18,7 +18,7 @@ use crate::agent::{
     StatsContainerResponse, StdioAttach, StdioStream, UpdateContainerRequest, WaitProcessRequest,
     WaitProcessResponse,
 };
-use crate::STDIO_VSOCK_PORT;
+use crate::{StdioAttachStatus, STDIO_VSOCK_PORT};
 
 /// Largest StdioAttach message accepted by [`encode_stdio_attach`]'s peers.
 pub const MAX_STDIO_ATTACH_LEN: usize = 64 * 1024;
@@ -84,7 +84,8 @@ impl AgentClient {
 
 /// Opens one stdio stream of a process: hybrid vsock handshake to
 /// [`STDIO_VSOCK_PORT`] through `uds_path`, then the length-prefixed
-/// [`StdioAttach`]. The returned stream carries raw bytes from then on.
+/// [`StdioAttach`], then the agent's one-byte [`StdioAttachStatus`]. The returned stream
+/// is wired to the process and carries raw bytes from then on.
 pub fn attach_stdio(
     uds_path: &Path,
     container_id: &str,
@@ -94,7 +95,22 @@ pub fn attach_stdio(
 ) -> Result<UnixStream, ClientError> {
     let mut sock = hybrid_vsock_handshake(uds_path, STDIO_VSOCK_PORT, timeout)?;
     write_stdio_attach(&mut sock, container_id, exec_id, stream)?;
-    Ok(sock)
+    let refused = |reason: String| ClientError::StdioRefused {
+        container_id: container_id.to_owned(),
+        exec_id: exec_id.to_owned(),
+        stream,
+        reason,
+    };
+    let mut status = [0u8; 1];
+    sock.set_read_timeout(Some(timeout))
+        .and_then(|()| sock.read_exact(&mut status))
+        .and_then(|()| sock.set_read_timeout(None))
+        .map_err(|e| refused(format!("no attach answer from the agent: {e}")))?;
+    match StdioAttachStatus::from_byte(status[0]) {
+        Some(StdioAttachStatus::Attached) => Ok(sock),
+        Some(other) => Err(refused(other.describe().to_owned())),
+        None => Err(refused(format!("unknown attach answer {}", status[0]))),
+    }
 }
 
 /// Writes the u32 big-endian length and the [`StdioAttach`] message.

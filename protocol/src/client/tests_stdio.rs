@@ -36,6 +36,7 @@ fn attach_handshakes_on_stdio_port_then_frames_then_raw_bytes() {
         reader.read_exact(&mut len).unwrap();
         let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
         reader.read_exact(&mut body).unwrap();
+        (&sock).write_all(&[0]).unwrap();
         let mut rest = Vec::new();
         reader.read_to_end(&mut rest).unwrap();
         (line, StdioAttach::parse_from_bytes(&body).unwrap(), rest)
