@@ -22,8 +22,10 @@ pub const USAGE: &str = "\
 Usage: nutshell-agent [OPTIONS]
 
 nutshell guest agent. As PID 1 of the pod VM it mounts /proc, /sys, /dev,
-/dev/pts, /dev/shm, /run and /sys/fs/cgroup, enables all cgroup v2
-controllers, reaps zombies and serves the Agent ttrpc API on vsock port 1024.
+/dev/pts, /dev/shm, /run and /sys/fs/cgroup (and the virtio-fs share that
+nutshell.virtiofs=<tag> on the kernel command line names, at
+/run/nutshell-share), enables all cgroup v2 controllers, reaps zombies and
+serves the Agent ttrpc API on vsock port 1024.
 Run as any other PID it mounts nothing and Shutdown only exits the agent.
 
 Options:
@@ -34,6 +36,46 @@ Options:
   -V, --version         print the version and exit
   -h, --help            print this help and exit
 ";
+
+/// Kernel command-line parameter naming the virtio-fs tag the agent mounts at boot, at
+/// [`crate::init::SHARED_FS_MOUNT_POINT`]. The kernel keeps dotted parameters from init's
+/// arguments and environment (it takes them for module parameters), so the agent reads it
+/// from `/proc/cmdline`.
+pub const VIRTIOFS_PARAM: &str = "nutshell.virtiofs";
+
+/// What the agent takes from the kernel command line (`/proc/cmdline`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KernelParams {
+    /// `nutshell.virtiofs=<tag>`: the virtio-fs share to mount (the last one given wins).
+    pub virtiofs_tag: Option<String>,
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum KernelParamError {
+    #[error("{VIRTIOFS_PARAM}= on the kernel command line needs a tag")]
+    EmptyVirtiofsTag,
+}
+
+/// Parses the kernel command line (the contents of `/proc/cmdline`). Everything after `--`
+/// belongs to init's arguments and is not looked at.
+pub fn parse_kernel_params(cmdline: &str) -> Result<KernelParams, KernelParamError> {
+    let mut params = KernelParams::default();
+    for word in cmdline.split_whitespace() {
+        if word == "--" {
+            break;
+        }
+        if let Some(tag) = word
+            .strip_prefix(VIRTIOFS_PARAM)
+            .and_then(|rest| rest.strip_prefix('='))
+        {
+            if tag.is_empty() {
+                return Err(KernelParamError::EmptyVirtiofsTag);
+            }
+            params.virtiofs_tag = Some(tag.to_owned());
+        }
+    }
+    Ok(params)
+}
 
 /// Options given on the command line.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -196,6 +238,35 @@ mod tests {
             panic!("lenient parsing must succeed");
         };
         assert_eq!(parsed.ignored, ["i8042.nopnp", "splash"]);
+    }
+
+    #[test]
+    fn kernel_params_name_the_virtiofs_tag() {
+        let parse = |cmdline| parse_kernel_params(cmdline);
+        assert_eq!(parse("console=ttyS0 quiet\n"), Ok(KernelParams::default()));
+        assert_eq!(
+            parse("console=ttyS0 nutshell.virtiofs=shared panic=-1\n")
+                .unwrap()
+                .virtiofs_tag
+                .as_deref(),
+            Some("shared")
+        );
+        assert_eq!(
+            parse("nutshell.virtiofs=a nutshell.virtiofs=b")
+                .unwrap()
+                .virtiofs_tag
+                .as_deref(),
+            Some("b")
+        );
+        assert_eq!(
+            parse("nutshell.virtiofs= quiet"),
+            Err(KernelParamError::EmptyVirtiofsTag)
+        );
+        // Other parameters that merely start alike, and init's own arguments, are not it.
+        assert_eq!(
+            parse("nutshell.virtiofsx=a nutshell.virtiofs -- nutshell.virtiofs=c"),
+            Ok(KernelParams::default())
+        );
     }
 
     #[test]

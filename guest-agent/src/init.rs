@@ -1,5 +1,7 @@
 //! PID 1 duties at boot: mount the pseudo filesystems, keep stdio on the
-//! console, enable every cgroup v2 controller for child cgroups.
+//! console, mount the virtio-fs share the kernel command line names
+//! (`nutshell.virtiofs=<tag>`, at [`SHARED_FS_MOUNT_POINT`]), enable every
+//! cgroup v2 controller for child cgroups.
 //!
 //! Everything here is driven by an explicit [`InitConfig`]; the agent builds
 //! [`InitConfig::guest`] only when it runs as PID 1, so running it anywhere
@@ -22,6 +24,12 @@ use crate::cgroups::{
     parse_controller_list, subtree_control_request, CGROUP2_MOUNT_POINT, CONTROLLERS_FILE,
     SUBTREE_CONTROL_FILE,
 };
+use crate::config::{parse_kernel_params, KernelParamError};
+
+/// Where the virtio-fs share named by `nutshell.virtiofs=<tag>` is mounted.
+pub const SHARED_FS_MOUNT_POINT: &str = nutshell_protocol::GUEST_SHARE_MOUNT_POINT;
+/// The kernel command line, once /proc is mounted.
+pub const KERNEL_CMDLINE: &str = "/proc/cmdline";
 
 /// One filesystem to mount at boot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +99,14 @@ pub const GUEST_MOUNTS: [MountSpec; 7] = [
     },
 ];
 
+/// The virtio-fs step of [`run`]: read `kernel_cmdline` (after the mounts) and, if it names a
+/// tag with `nutshell.virtiofs=<tag>`, mount that share at `target`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedFsStep {
+    pub kernel_cmdline: PathBuf,
+    pub target: PathBuf,
+}
+
 /// What [`run`] does.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InitConfig {
@@ -107,6 +123,8 @@ pub struct InitConfig {
     /// cgroup v2 directory whose controllers are all enabled for children;
     /// `None` skips that step.
     pub cgroup_root: Option<PathBuf>,
+    /// The virtio-fs share; `None` skips that step.
+    pub shared_fs: Option<SharedFsStep>,
 }
 
 impl InitConfig {
@@ -118,6 +136,10 @@ impl InitConfig {
             mounts: GUEST_MOUNTS.to_vec(),
             console: Some(PathBuf::from("/dev/console")),
             cgroup_root: Some(PathBuf::from(CGROUP2_MOUNT_POINT)),
+            shared_fs: Some(SharedFsStep {
+                kernel_cmdline: PathBuf::from(KERNEL_CMDLINE),
+                target: PathBuf::from(SHARED_FS_MOUNT_POINT),
+            }),
         }
     }
 }
@@ -154,6 +176,24 @@ pub enum InitError {
         #[source]
         source: Errno,
     },
+    #[error("cannot read the kernel command line {path}")]
+    ReadKernelCmdline {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    KernelParams(#[from] KernelParamError),
+    #[error(
+        "cannot mount the virtio-fs share {tag:?} (nutshell.virtiofs={tag}) on {target} \
+         (does the VM have a virtio-fs device with that tag?)"
+    )]
+    SharedFs {
+        tag: String,
+        target: PathBuf,
+        #[source]
+        source: Errno,
+    },
     #[error("cannot read {path}")]
     ReadControllers {
         path: PathBuf,
@@ -175,6 +215,9 @@ pub fn run(config: &InitConfig) -> Result<ControllerReport, InitError> {
     }
     if let Some(console) = &config.console {
         ensure_stdio_open(console)?;
+    }
+    if let Some(step) = &config.shared_fs {
+        mount_shared_fs(step)?;
     }
     if config.loopback_up {
         crate::loopback::bring_up().map_err(|errno| InitError::Loopback(Errno::from_raw(errno)))?;
@@ -215,6 +258,46 @@ fn mount_filesystem(spec: &MountSpec) -> Result<(), InitError> {
             source,
         }),
     }
+}
+
+/// Mounts the share `nutshell.virtiofs=<tag>` names, if any. No mount flags: set-id files and
+/// device nodes in a container image on the share behave as in a local image (the VM is the
+/// boundary).
+fn mount_shared_fs(step: &SharedFsStep) -> Result<Option<String>, InitError> {
+    let cmdline = fs::read_to_string(&step.kernel_cmdline).map_err(|source| {
+        InitError::ReadKernelCmdline {
+            path: step.kernel_cmdline.clone(),
+            source,
+        }
+    })?;
+    let Some(tag) = parse_kernel_params(&cmdline)?.virtiofs_tag else {
+        return Ok(None);
+    };
+    DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(&step.target)
+        .map_err(|source| InitError::CreateMountPoint {
+            path: step.target.clone(),
+            source,
+        })?;
+    mount(
+        Some(tag.as_str()),
+        &step.target,
+        Some("virtiofs"),
+        MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|source| InitError::SharedFs {
+        tag: tag.clone(),
+        target: step.target.clone(),
+        source,
+    })?;
+    log::info!(
+        "virtio-fs share {tag:?} mounted on {}",
+        step.target.display()
+    );
+    Ok(Some(tag))
 }
 
 fn fd_is_open(fd: RawFd) -> bool {
@@ -324,8 +407,69 @@ mod tests {
             mounts: Vec::new(),
             console: None,
             cgroup_root: None,
+            shared_fs: None,
         };
         assert_eq!(run(&config).unwrap(), ControllerReport::default());
+    }
+
+    #[test]
+    fn guest_mounts_the_share_under_run() {
+        let step = InitConfig::guest().shared_fs.unwrap();
+        assert_eq!(step.kernel_cmdline, Path::new("/proc/cmdline"));
+        assert_eq!(step.target, Path::new("/run/nutshell-share"));
+        assert!(GUEST_MOUNTS.iter().any(|m| m.target == "/run"));
+    }
+
+    #[test]
+    fn shared_fs_step_without_a_tag_mounts_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let cmdline = dir.path().join("cmdline");
+        fs::write(&cmdline, "console=ttyS0 quiet\n").unwrap();
+        let step = SharedFsStep {
+            kernel_cmdline: cmdline,
+            target: dir.path().join("shared"),
+        };
+        assert_eq!(mount_shared_fs(&step).unwrap(), None);
+        assert!(!step.target.exists());
+    }
+
+    #[test]
+    fn shared_fs_failures_name_the_input() {
+        let dir = tempfile::tempdir().unwrap();
+        let step = SharedFsStep {
+            kernel_cmdline: dir.path().join("missing"),
+            target: dir.path().join("shared"),
+        };
+        let err = mount_shared_fs(&step).unwrap_err();
+        assert!(err.to_string().contains("missing"), "{err}");
+
+        fs::write(dir.path().join("empty"), "nutshell.virtiofs=\n").unwrap();
+        let step = SharedFsStep {
+            kernel_cmdline: dir.path().join("empty"),
+            ..step
+        };
+        assert!(matches!(
+            mount_shared_fs(&step),
+            Err(InitError::KernelParams(KernelParamError::EmptyVirtiofsTag))
+        ));
+
+        // No virtio-fs device has this tag here: the mount fails (EINVAL, ENODEV or EPERM)
+        // and the error names the tag.
+        fs::write(
+            dir.path().join("tagged"),
+            "quiet nutshell.virtiofs=nutshell-test-no-such-tag\n",
+        )
+        .unwrap();
+        let step = SharedFsStep {
+            kernel_cmdline: dir.path().join("tagged"),
+            ..step
+        };
+        let err = mount_shared_fs(&step).unwrap_err();
+        assert!(matches!(err, InitError::SharedFs { .. }), "{err}");
+        assert!(
+            err.to_string().contains("nutshell-test-no-such-tag"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -67,6 +67,11 @@ impl StdioAttachStatus {
     }
 }
 
+/// Where the agent mounts the pod's virtio-fs share (`nutshell.virtiofs=<tag>` on the kernel
+/// command line); the host gives container rootfs and volumes as paths below it. Outside
+/// `/run/nutshell`, where the agent keeps per-sandbox scratch by sandbox id.
+pub const GUEST_SHARE_MOUNT_POINT: &str = "/run/nutshell-share";
+
 /// Version of the API in `proto/agent.proto`, reported by `Version`.
 /// Bump on incompatible changes only; additive changes keep it.
 pub const PROTOCOL_VERSION: u32 = 1;

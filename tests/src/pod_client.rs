@@ -106,13 +106,42 @@ impl<'a> Pod<'a> {
     }
 
     pub fn try_create(&self, id: &str, spec_json: Vec<u8>, stdin: bool) -> Result<(), ClientError> {
+        self.try_create_with_rootfs(id, spec_json, TEST_IMAGE_ROOTFS, stdin)
+    }
+
+    /// Like [`Pod::try_create`], with the image rootfs at `rootfs` (a guest path).
+    pub fn try_create_with_rootfs(
+        &self,
+        id: &str,
+        spec_json: Vec<u8>,
+        rootfs: &str,
+        stdin: bool,
+    ) -> Result<(), ClientError> {
         let mut req = CreateContainerRequest::new();
         req.sandbox_id = self.id.clone();
         req.container_id = id.into();
         req.oci_spec_json = spec_json;
-        req.rootfs = TEST_IMAGE_ROOTFS.into();
+        req.rootfs = rootfs.into();
         req.stdin = stdin;
         self.agent.create_container(&req, CALL).map(|_| ())
+    }
+
+    /// Runs container `id` of `spec_json` with its image rootfs at `rootfs` (a guest path) to
+    /// its end, then removes it: its exit and output.
+    pub fn run_with_rootfs(
+        &self,
+        id: &str,
+        spec_json: Vec<u8>,
+        rootfs: &str,
+    ) -> (WaitProcessResponse, Output) {
+        self.try_create_with_rootfs(id, spec_json, rootfs, false)
+            .unwrap_or_else(|e| panic!("CreateContainer {id} (rootfs {rootfs}): {e}"));
+        let output = self.collect(id, "", false);
+        self.start(id);
+        let exit = self.wait(id, "");
+        let output = output.finish();
+        self.remove(id);
+        (exit, output)
     }
 
     pub fn create(&self, id: &str, spec: &ContainerSpec) {

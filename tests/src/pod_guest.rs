@@ -73,9 +73,16 @@ impl GuestImage {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         run_build(
             Command::new(cargo)
-                .args(["build", "--release", "-p", "nutshell-vmm"])
+                .args([
+                    "build",
+                    "--release",
+                    "-p",
+                    "nutshell-vmm",
+                    "-p",
+                    "nutshell-cli",
+                ])
                 .current_dir(&root),
-            "nutshell-vmm (cargo build --release)",
+            "nutshell-vmm and nutshell (cargo build --release)",
         )?;
         Ok(GuestImage {
             kernel_dir: kernel.dir,
@@ -160,6 +167,11 @@ impl GuestImage {
         }
     }
 
+    /// The `nutshell` CLI, built beside the VMM.
+    pub fn cli(&self) -> PathBuf {
+        self.vmm.with_file_name("nutshell")
+    }
+
     pub fn vmlinux(&self) -> PathBuf {
         self.kernel_dir.join("vmlinux")
     }
@@ -190,6 +202,10 @@ pub struct VmmLaunch {
     pub cmdline_append: Option<String>,
     /// Where the guest console goes; default: `console.log` in the run directory.
     pub serial_log: Option<PathBuf>,
+    /// A virtio-fs share (tag, host directory): `--fs TAG=DIR`, and
+    /// `nutshell.virtiofs=TAG` on the command line so that the agent mounts it at
+    /// `/run/nutshell-share`.
+    pub fs: Option<(String, PathBuf)>,
 }
 
 impl Default for VmmLaunch {
@@ -199,6 +215,7 @@ impl Default for VmmLaunch {
             mem_mib: 256,
             cmdline_append: None,
             serial_log: None,
+            fs: None,
         }
     }
 }
@@ -252,8 +269,15 @@ impl Vmm {
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(Stdio::piped());
-        if let Some(extra) = &launch.cmdline_append {
-            cmd.args(["--cmdline-append", extra]);
+        let mut append: Vec<String> = launch.cmdline_append.iter().cloned().collect();
+        if let Some((tag, dir)) = &launch.fs {
+            let mut share = OsString::from(format!("{tag}="));
+            share.push(dir);
+            cmd.arg("--fs").arg(share);
+            append.push(format!("nutshell.virtiofs={tag}"));
+        }
+        if !append.is_empty() {
+            cmd.args(["--cmdline-append", &append.join(" ")]);
         }
         let started = Instant::now();
         let child = match cmd.spawn() {

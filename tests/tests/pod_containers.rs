@@ -88,6 +88,25 @@ fn containers_share_the_pod() {
         exit.exit_code, 0,
         "pause is not PID 1 of the shared pid namespace"
     );
+    // ... and each container of a shared pid namespace lists the others' processes.
+    pod.create(
+        "peer",
+        &ContainerSpec::cri(&["sleep", "600"]).pid(NsSource::Pod),
+    );
+    pod.start("peer");
+    let (exit, output) = pod.run_spec(
+        "lister",
+        &ContainerSpec::cri(&["sh", "-c", "cat /proc/[0-9]*/comm"]).pid(NsSource::Pod),
+    );
+    let seen = output.stdout_text();
+    assert_eq!(exit.exit_code, 0, "{}", output.stderr_text());
+    assert!(
+        seen.lines().any(|l| l == "pause") && seen.lines().any(|l| l == "sleep"),
+        "a container of the shared pid namespace does not see pause and its peer: {seen:?}"
+    );
+    pod.signal("peer", 9, true);
+    pod.wait("peer", "");
+    pod.remove("peer");
 
     // The inode table of pod-semantics.md, row by row, for two running containers.
     let limited = ContainerSpec::cri(&["sleep", "600"])

@@ -110,6 +110,11 @@ fn exec_joins_the_container(pod: &Pod) {
     );
     pod.signal("app", 9, true);
     assert_eq!(pod.wait("app", "").exit_code, 137);
+    expect_code(
+        pod.try_exec("app", "late", exec_process_json(&["true"], false), false),
+        ttrpc::Code::FAILED_PRECONDITION,
+        "running",
+    );
     pod.remove("app");
 }
 

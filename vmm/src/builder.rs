@@ -1,10 +1,13 @@
 //! The only place that creates live objects: from a [`VmConfig`] to a [`RunningVm`].
 //!
 //! Order: validate the config; create the devices that own host resources (the vsock socket)
-//! so that a clash fails before anything else exists; guest memory; the KVM VM; devices on
-//! their buses (virtio devices get an MMIO slot, an IRQ and a command-line entry); the
-//! kernel, initrd and boot information; vCPUs, each on its own thread. Whatever fails on the
-//! way drops what was made before it: no socket file, thread or VM is left behind.
+//! so that a clash fails before anything else exists; guest memory; the KVM VM; the serial log;
+//! devices on their buses (virtio devices get an MMIO slot, an IRQ and a command-line entry, in
+//! a fixed order: vsock, then each virtio-fs share as configured); the kernel, initrd and boot
+//! information; vCPUs, each on its own thread. The virtio-fs devices are opened after the VMM's
+//! own files exist, because opening one sets the process umask to 0 (see `devices::virtio::fs`).
+//! Whatever fails on the way drops what was made before it: no socket file, thread or VM is
+//! left behind.
 
 use std::fs::File;
 use std::io::LineWriter;
@@ -24,6 +27,7 @@ use crate::devices::bus::{Bus, BusError};
 use crate::devices::legacy::i8042::I8042;
 use crate::devices::legacy::serial::{ConsoleOutput, ConsoleTail, SerialConsole};
 use crate::devices::virtio::device::VirtioDevice;
+use crate::devices::virtio::fs::{Fs, FsError};
 use crate::devices::virtio::mmio::{MmioError, MmioTransport, NOTIFY_REG_OFFSET};
 use crate::devices::virtio::vsock::{Vsock, VsockError};
 use crate::exit::GuestExit;
@@ -49,6 +53,8 @@ pub enum BuildError {
     Mptable(#[from] mptable::MptableError),
     #[error(transparent)]
     Vsock(#[from] VsockError),
+    #[error(transparent)]
+    Fs(#[from] FsError),
     #[error(transparent)]
     Mmio(#[from] MmioError),
     #[error("device bus: {0}")]
@@ -257,6 +263,9 @@ pub fn build(config: &VmConfig) -> Result<RunningVm, BuildError> {
     };
     if let Some(vsock) = vsock {
         slots.attach(Box::new(vsock))?;
+    }
+    for share in &config.fs {
+        slots.attach(Box::new(Fs::new(share.clone())?))?;
     }
     let cmdline_entries = std::mem::take(&mut slots.cmdline_entries);
 

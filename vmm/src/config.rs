@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::arch::x86_64::{layout, mptable};
+use crate::devices::virtio::fs::{self, FsConfig};
 use crate::devices::virtio::vsock::VsockConfig;
 
 /// The guest command line the VMM uses unless told otherwise: a quiet console (every byte on
@@ -25,6 +26,8 @@ pub struct VmConfig {
     /// error reports).
     pub serial_log: Option<PathBuf>,
     pub vsock: Option<VsockConfig>,
+    /// Host directories shared over virtio-fs, one device each; tags are unique.
+    pub fs: Vec<FsConfig>,
 }
 
 impl VmConfig {
@@ -37,6 +40,7 @@ impl VmConfig {
             cmdline: DEFAULT_CMDLINE.to_string(),
             serial_log: None,
             vsock: None,
+            fs: Vec::new(),
         }
     }
 }
@@ -65,6 +69,14 @@ pub enum ConfigError {
     ReservedCid(u64),
     #[error("serial log {0}: its directory does not exist")]
     SerialLogDir(PathBuf),
+    #[error("virtio-fs tag {tag:?}: {reason}")]
+    FsTag { tag: String, reason: String },
+    #[error("virtio-fs tag {0:?} is given twice")]
+    FsTagDuplicate(String),
+    #[error("virtio-fs {tag:?}: shared directory {}: no such directory", path.display())]
+    FsSharedDirMissing { tag: String, path: PathBuf },
+    #[error("too many devices: {count} virtio devices, at most {max} fit")]
+    TooManyDevices { count: usize, max: usize },
 }
 
 fn is_file(path: &Path) -> bool {
@@ -108,6 +120,31 @@ impl VmConfig {
             if vsock.guest_cid < 3 {
                 return Err(ConfigError::ReservedCid(vsock.guest_cid));
             }
+        }
+        for (i, share) in self.fs.iter().enumerate() {
+            if let Some(reason) = fs::tag_problem(&share.tag) {
+                return Err(ConfigError::FsTag {
+                    tag: share.tag.clone(),
+                    reason,
+                });
+            }
+            if self.fs[..i].iter().any(|other| other.tag == share.tag) {
+                return Err(ConfigError::FsTagDuplicate(share.tag.clone()));
+            }
+            if !share.shared_dir.is_dir() {
+                return Err(ConfigError::FsSharedDirMissing {
+                    tag: share.tag.clone(),
+                    path: share.shared_dir.clone(),
+                });
+            }
+        }
+        let devices = usize::from(self.vsock.is_some()) + self.fs.len();
+        let max = layout::virtio_device_limit();
+        if devices > max {
+            return Err(ConfigError::TooManyDevices {
+                count: devices,
+                max,
+            });
         }
         if let Some(log) = &self.serial_log {
             let dir = log.parent().filter(|p| !p.as_os_str().is_empty());
@@ -170,5 +207,58 @@ mod tests {
         let mut c = config();
         c.serial_log = Some("/nonexistent-dir/console.log".into());
         assert!(matches!(c.validate(), Err(ConfigError::SerialLogDir(_))));
+    }
+
+    fn share(tag: &str, dir: &str) -> FsConfig {
+        FsConfig {
+            tag: tag.into(),
+            shared_dir: dir.into(),
+        }
+    }
+
+    #[test]
+    fn fs_shares_are_checked_by_name() {
+        let tmp = std::env::temp_dir();
+        let tmp = tmp.to_str().unwrap();
+        let mut c = config();
+        c.fs = vec![share("data", tmp), share("other", "/")];
+        c.validate().unwrap();
+
+        c.fs = vec![share("data", "/nonexistent/share")];
+        let err = c.validate().unwrap_err();
+        assert!(matches!(err, ConfigError::FsSharedDirMissing { .. }));
+        assert!(err.to_string().contains("/nonexistent/share"), "{err}");
+        // A file is not a directory.
+        let exe = std::env::current_exe().unwrap();
+        c.fs = vec![share("data", exe.to_str().unwrap())];
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::FsSharedDirMissing { .. })
+        ));
+
+        c.fs = vec![share("", tmp)];
+        let err = c.validate().unwrap_err();
+        assert!(err.to_string().contains("empty"), "{err}");
+        let long = "t".repeat(37);
+        c.fs = vec![share(&long, tmp)];
+        let err = c.validate().unwrap_err();
+        assert!(
+            err.to_string().contains(&long) && err.to_string().contains("37 bytes"),
+            "{err}"
+        );
+        c.fs = vec![share(&"t".repeat(36), tmp)];
+        c.validate().unwrap();
+        c.fs = vec![share("a b", tmp)];
+        assert!(matches!(c.validate(), Err(ConfigError::FsTag { .. })));
+        c.fs = vec![share("data", tmp), share("data", "/")];
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::FsTagDuplicate(t)) if t == "data"
+        ));
+        c.fs = (0..40).map(|i| share(&format!("t{i}"), tmp)).collect();
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::TooManyDevices { count: 40, .. })
+        ));
     }
 }

@@ -1,10 +1,13 @@
-//! The demo: boot one pod guest with nutshell-vmm, talk to its agent over hybrid vsock, and
-//! shut it down cleanly. Where /dev/kvm cannot boot Linux it runs in the nested test ground.
+//! The demo: the seed's pod (`examples/demo-pod.yaml`: an httpd app and a sidecar) run by the
+//! `nutshell` CLI from the locally built busybox image, the sidecar fetching from the app over
+//! localhost, then `nutshell inspect` on it and `nutshell rm`. Where /dev/kvm cannot boot Linux
+//! it runs in the nested test ground. `demo-guest` is the lower-level boot-and-talk check.
 
+use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use nutshell_tests::pod_guest::{Vmm, VmmLaunch};
+use nutshell_tests::pod_guest::{scratch_dir, GuestImage, Vmm, VmmLaunch};
 
 use crate::artifacts;
 
@@ -15,7 +18,47 @@ pub const AGENT_TIMEOUT: Duration = Duration::from_secs(90);
 
 pub fn run() -> Result<()> {
     let image = artifacts::build_all()?;
-    artifacts::run_on_kvm_host(&image, &["demo-guest"], Duration::from_secs(300))
+    GuestImage::build_test().context("the busybox test image")?;
+    artifacts::run_on_kvm_host(&image, &["demo-pod"], Duration::from_secs(300))
+}
+
+/// Runs on the KVM host: the demo pod through the CLI.
+pub fn demo_pod() -> Result<()> {
+    let image = artifacts::from_env()?;
+    let root = nutshell_tests::ground::repo_root();
+    let dir = scratch_dir("demo").context("scratch directory")?;
+    let nutshell = |args: &[&str]| -> Result<()> {
+        println!("$ nutshell {}", args.join(" "));
+        let status = Command::new(image.cli())
+            .args(args)
+            .env("NUTSHELL_STATE_DIR", dir.join("state"))
+            .env("NUTSHELL_IMAGE_STORE", dir.join("images"))
+            .env("NUTSHELL_KERNEL", image.vmlinux())
+            .env("NUTSHELL_INITRD", &image.initramfs)
+            .env("NUTSHELL_VMM", &image.vmm)
+            .status()
+            .context("cannot run nutshell")?;
+        if !status.success() {
+            bail!("nutshell {} failed ({status})", args.join(" "));
+        }
+        Ok(())
+    };
+    let layout = root.join("build/test-image/oci");
+    let manifest = root.join("examples/demo-pod.yaml");
+    nutshell(&["image", "import", layout.to_str().unwrap()])?;
+    let result = (|| {
+        nutshell(&["run", manifest.to_str().unwrap()])?;
+        nutshell(&[
+            "exec", "demo", "sidecar", "--", "sh", "-c",
+            "for i in $(seq 100); do wget -qO- http://127.0.0.1:8080/ && exit 0; sleep 0.1; done; exit 1",
+        ])?;
+        nutshell(&["ps"])?;
+        nutshell(&["inspect", "demo"])?;
+        nutshell(&["logs", "demo", "sidecar"])
+    })();
+    let removed = nutshell(&["rm", "-f", "demo"]);
+    let _ = std::fs::remove_dir_all(&dir);
+    result.and(removed)
 }
 
 /// Runs on the KVM host: boot, talk, shut down.

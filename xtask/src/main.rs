@@ -2,8 +2,9 @@
 //!
 //! - `build`: guest kernel (cached by content hash), guest initramfs, release binaries.
 //! - `kernel [guest|test-host|all]`: just the kernels.
-//! - `demo`: build, then boot the demo guest on a KVM host (nested when needed): agent
-//!   version, guest details, clean shutdown.
+//! - `demo`: build, then on a KVM host (nested when needed) run the seed's pod
+//!   (`examples/demo-pod.yaml`) with the `nutshell` CLI and `nutshell inspect` it;
+//!   `demo-guest` is the bare boot-and-talk check of one guest.
 //! - `test`: build, then every test of the workspace (unit and end-to-end).
 //! - `bench [--boots N]`: boot latency and VMM memory, beside QEMU on the same kernel.
 
@@ -37,6 +38,7 @@ fn main() -> Result<()> {
         "build" => artifacts::build_all().map(|_| ()),
         "demo" => demo::run(),
         "demo-guest" => demo::boot_and_talk(),
+        "demo-pod" => demo::demo_pod(),
         "test" => test(rest),
         "bench" => bench::run(rest),
         "bench-inner" => bench::inner(rest),

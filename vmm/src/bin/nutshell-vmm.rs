@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use nutshell_vmm::config::DEFAULT_CMDLINE;
+use nutshell_vmm::devices::virtio::fs::FsConfig;
 use nutshell_vmm::devices::virtio::vsock::VsockConfig;
 use nutshell_vmm::{GuestExit, VmConfig};
 
@@ -48,6 +49,45 @@ struct Args {
     /// File that receives the guest console (default: discarded).
     #[arg(long)]
     serial_log: Option<PathBuf>,
+    /// Share host directory PATH with the guest over virtio-fs under TAG (at most 36 bytes);
+    /// the guest mounts it with `mount -t virtiofs TAG DIR`. Repeat for several shares.
+    #[arg(long = "fs", value_name = "TAG=PATH", value_parser = parse_fs)]
+    fs: Vec<FsConfig>,
+}
+
+/// `TAG=PATH` of `--fs`; the tag and the directory are checked when the VM is built.
+fn parse_fs(arg: &str) -> Result<FsConfig, String> {
+    match arg.split_once('=') {
+        Some((tag, path)) if !path.is_empty() => Ok(FsConfig {
+            tag: tag.to_string(),
+            shared_dir: PathBuf::from(path),
+        }),
+        _ => Err(format!("expected TAG=PATH, got {arg:?}")),
+    }
+}
+
+/// A virtio-fs share keeps one O_PATH descriptor per inode the guest has looked up (until the
+/// guest forgets it), so a container image alone can pass the usual soft limit of 1024.
+fn raise_nofile_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        limit.rlim_cur = limit.rlim_max;
+        // SAFETY: setrlimit only reads the struct we own; raising the soft limit up to the
+        // hard one needs no privilege.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+            log::warn!(
+                "cannot raise the open-file limit: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
 }
 
 struct StderrLogger(log::LevelFilter);
@@ -110,7 +150,11 @@ fn run(args: Args) -> anyhow::Result<GuestExit> {
             guest_cid: args.vsock_cid,
             uds_path,
         }),
+        fs: args.fs,
     };
+    if !config.fs.is_empty() {
+        raise_nofile_limit();
+    }
     let signals = block_stop_signals()?;
     let mut vm = nutshell_vmm::build(&config).context("cannot start the VM")?;
 
@@ -150,5 +194,36 @@ fn main() -> ExitCode {
             eprintln!("nutshell-vmm: error: {e:#}");
             ExitCode::from(1)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fs_flag_is_tag_equals_path_and_repeats() {
+        let share = parse_fs("data=/srv/a=b").unwrap();
+        assert_eq!(
+            share,
+            FsConfig {
+                tag: "data".into(),
+                shared_dir: "/srv/a=b".into(),
+            }
+        );
+        assert!(parse_fs("data").unwrap_err().contains("TAG=PATH"));
+        assert!(parse_fs("data=").is_err());
+        let args = Args::try_parse_from([
+            "nutshell-vmm",
+            "--kernel",
+            "vmlinux",
+            "--fs",
+            "a=/x",
+            "--fs",
+            "b=/y",
+        ])
+        .unwrap();
+        let tags: Vec<&str> = args.fs.iter().map(|s| s.tag.as_str()).collect();
+        assert_eq!(tags, ["a", "b"]);
     }
 }

@@ -303,7 +303,7 @@ fn write_zero_page(
     for (i, (addr, size)) in map.iter().enumerate() {
         params.e820_table[i].addr = *addr;
         params.e820_table[i].size = *size;
-        params.e820_table[i].r#type = E820_RAM;
+        params.e820_table[i].type_ = E820_RAM;
     }
     params.e820_entries = map.len() as u8;
     mem.write_obj(params, GuestAddress(layout::ZERO_PAGE_START))

@@ -96,6 +96,12 @@ pub fn virtio_mmio_base(slot: u64) -> u64 {
     VIRTIO_MMIO_START + slot * VIRTIO_MMIO_SIZE
 }
 
+/// How many virtio devices fit: one MMIO slot and one IOAPIC pin (from [`VIRTIO_IRQ_BASE`]) each.
+pub fn virtio_device_limit() -> usize {
+    let pins = u64::from(IOAPIC_PINS - VIRTIO_IRQ_BASE);
+    VIRTIO_MMIO_MAX_DEVICES.min(pins) as usize
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,5 +138,12 @@ mod tests {
         }
         assert!(CMDLINE_START + CMDLINE_MAX_SIZE as u64 <= EBDA_START);
         assert!(virtio_mmio_base(VIRTIO_MMIO_MAX_DEVICES) <= IOAPIC_START);
+    }
+
+    #[test]
+    fn virtio_devices_are_limited_by_the_ioapic_pins() {
+        assert_eq!(virtio_device_limit(), 19);
+        let last = virtio_device_limit() as u32 - 1;
+        assert!(VIRTIO_IRQ_BASE + last < IOAPIC_PINS);
     }
 }

@@ -4,7 +4,7 @@
 //! Everything read from a descriptor chain is guest-controlled: every length, direction and
 //! address is checked before use, and a bad chain yields a [`PacketError`], never a panic.
 
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemory};
 
 use crate::vstate::memory::GuestMemoryMmap;
 
@@ -168,7 +168,7 @@ impl Buffers {
             }
             let (addr, len) = (desc.addr(), desc.len());
             if len > 0 {
-                if !GuestMemoryBackend::check_range(mem, addr, len as usize) {
+                if !GuestMemory::check_range(mem, addr, len as usize) {
                     return Err(PacketError::OutOfRange {
                         head,
                         addr: addr.raw_value(),

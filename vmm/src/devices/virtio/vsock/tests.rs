@@ -64,9 +64,9 @@ impl Drop for TempDir {
 /// The guest side: fills the rx queue, posts tx packets, and reads used buffers. It manages the
 /// avail rings itself so that descriptors can be recycled and the rings wrap.
 ///
-/// `MockSplitQueue` (virtio-queue 0.18) lays its used ring over the second half of its avail ring
-/// (`SplitQueueRing::end` adds the element count, not the byte size), so each queue's used ring
-/// is moved to `start + USED_RING_OFFSET` and read directly from memory here.
+/// `MockSplitQueue` (virtio-queue 0.17 and 0.18) lays its used ring over the second half of its
+/// avail ring (`SplitQueueRing::end` adds the element count, not the byte size), so each queue's
+/// used ring is moved to `start + USED_RING_OFFSET` and read directly from memory here.
 struct Driver<'a> {
     mem: &'a GuestMemoryMmap,
     rxq: MockSplitQueue<'a, GuestMemoryMmap>,
