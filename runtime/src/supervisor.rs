@@ -100,6 +100,12 @@ fn start_container(
     // nothing (and a restart's new pipes only exist once it started).
     copy_to_log(dirs, name, StdioStream::STDOUT)?;
     copy_to_log(dirs, name, StdioStream::STDERR)?;
+    wait_for(agent, name, events);
+    Ok(())
+}
+
+/// A thread waiting for the container's init to exit; its answer becomes an event.
+fn wait_for(agent: &AgentClient, name: &str, events: &Sender<Event>) {
     let agent = agent.clone();
     let events = events.clone();
     let name = name.to_string();
@@ -112,7 +118,20 @@ fn start_container(
         };
         let _ = events.send(event);
     });
-    Ok(())
+}
+
+/// Whether the VMM ends within `grace` (a failed agent call is often its death seen first).
+fn vmm_ended(vmm: &mut std::process::Child, grace: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + grace;
+    loop {
+        if let Ok(Some(status)) = vmm.try_wait() {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
 }
 
 fn should_restart(policy: RestartPolicy, exit_code: i32) -> bool {
@@ -205,13 +224,16 @@ pub fn supervise(dirs: &PodDirs) -> Result<PodPhase, RuntimeError> {
                 }
             }
             Ok(Event::WaitFailed(name, why)) => {
-                log::warn!("waiting for {name} failed: {why}");
-                running.remove(&name);
+                // The VMM's end is handled below; otherwise the agent stays up: wait again.
+                if vmm_ended(&mut started.vmm, Duration::from_secs(2)).is_none() {
+                    log::warn!("waiting for {name} failed ({why}); waiting again");
+                    wait_for(&started.agent, &name, &events);
+                }
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break PodPhase::Stopped,
         }
-        if let Ok(Some(status)) = started.vmm.try_wait() {
+        if let Some(status) = vmm_ended(&mut started.vmm, Duration::ZERO) {
             let detail = format!(
                 "the VMM exited ({status}); console ends with:\n{}",
                 console_tail(dirs)
