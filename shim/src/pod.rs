@@ -1,0 +1,295 @@
+//! The pod's VM as the shim keeps it: booted for the first container (standalone or CRI
+//! sandbox), watched by a thread that reaps the VMM, and taken down with the sandbox. The
+//! VMM's pid is kept in the pod directory, and the pod directory's path in the bundle, so the
+//! `delete` subcommand can clean up after a shim that died.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use nutshell_protocol::agent::DestroySandboxRequest;
+use nutshell_protocol::AgentClient;
+use nutshell_runtime::pod_dirs::PodDirs;
+use nutshell_runtime::{host_mounts, vm};
+use oci_spec::runtime::Spec;
+
+use crate::config::ShimConfig;
+use crate::error::{Result, ShimError};
+use crate::mounts;
+use crate::spec;
+
+/// How long the agent may take to answer after the VMM started (nested guests are slow).
+const AGENT_TIMEOUT: Duration = Duration::from_secs(90);
+/// Deadline of one ordinary agent call.
+pub const CALL: Duration = Duration::from_secs(30);
+/// How long the VMM gets to power off after the agent's Shutdown.
+const POWER_OFF_GRACE: Duration = Duration::from_secs(10);
+/// `sun_path` of a Unix socket holds 107 bytes and a NUL.
+const MAX_SOCKET_PATH: usize = 107;
+/// The file in a container's bundle naming its pod directory.
+const POD_LINK_FILE: &str = "nutshell-pod";
+
+/// Where a pod's files are: `<state_dir>/<namespace>/pods/<sandbox id>`.
+pub fn pod_dirs(config: &ShimConfig, namespace: &str, sandbox_id: &str) -> PodDirs {
+    PodDirs::new(&config.state_dir.join(namespace), sandbox_id)
+}
+
+/// Records in `bundle` which pod directory the container uses.
+pub fn link_bundle(bundle: &Path, dirs: &PodDirs) -> Result<()> {
+    let path = bundle.join(POD_LINK_FILE);
+    std::fs::write(&path, dirs.root.as_os_str().as_encoded_bytes())
+        .map_err(ShimError::io("write", &path))
+}
+
+/// The pod directory recorded in `bundle`, if any.
+pub fn linked_pod(bundle: &Path) -> Option<PodDirs> {
+    let text = std::fs::read_to_string(bundle.join(POD_LINK_FILE)).ok()?;
+    Some(PodDirs {
+        root: PathBuf::from(text.trim()),
+    })
+}
+
+fn vmm_pid_file(dirs: &PodDirs) -> PathBuf {
+    dirs.root.join("vmm.pid")
+}
+
+fn vmm_log(dirs: &PodDirs) -> PathBuf {
+    dirs.root.join("vmm.log")
+}
+
+fn tail(path: &Path, bytes: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut start = text.len().saturating_sub(bytes);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    text[start..].to_string()
+}
+
+/// The VMM's end, once the monitor thread reaped it.
+type VmmExit = Arc<(Mutex<Option<ExitStatus>>, Condvar)>;
+
+/// A running pod VM with its agent's sandbox.
+pub struct PodVm {
+    pub dirs: PodDirs,
+    pub sandbox_id: String,
+    pub agent: AgentClient,
+    vmm_pid: i32,
+    vmm_exit: VmmExit,
+}
+
+impl PodVm {
+    /// Boots the pod's VM and creates its sandbox from the first container's `spec`.
+    /// `on_exit` runs on the monitor thread when the VMM ends, for whatever reason.
+    pub fn boot(
+        config: &ShimConfig,
+        namespace: &str,
+        sandbox_id: &str,
+        first: &Spec,
+        on_exit: Box<dyn FnOnce(ExitStatus) + Send>,
+    ) -> Result<PodVm> {
+        let dirs = pod_dirs(config, namespace, sandbox_id);
+        let socket_len = dirs.vsock().as_os_str().len();
+        if socket_len > MAX_SOCKET_PATH {
+            return Err(ShimError::InvalidArgument(format!(
+                "the VM socket {} would be {socket_len} bytes, more than a Unix socket path \
+                 takes: choose a shorter state_dir",
+                dirs.vsock().display()
+            )));
+        }
+        if dirs.root.exists() {
+            log::warn!("cleaning up the leftovers of pod {}", dirs.root.display());
+            let problems = cleanup_dead(&dirs);
+            if !problems.is_empty() {
+                return Err(ShimError::AlreadyExists(format!(
+                    "pod directory {} is in use: {}",
+                    dirs.root.display(),
+                    problems.join("; ")
+                )));
+            }
+        }
+        std::fs::create_dir_all(dirs.share()).map_err(ShimError::io("create", dirs.share()))?;
+        let (memory, cpu) = spec::pod_size(first);
+        let vm_spec = config.vm_spec(memory, cpu);
+        log::info!(
+            "pod {sandbox_id}: booting {} MiB, {} vCPU(s) from {}",
+            vm_spec.mem_mib,
+            vm_spec.vcpus,
+            vm_spec.kernel.display()
+        );
+        let mut child = match vm::spawn(&vm_spec, &dirs, &vmm_log(&dirs)) {
+            Ok(child) => child,
+            Err(e) => {
+                remove_files(&dirs);
+                return Err(e.into());
+            }
+        };
+        let vmm_pid = child.id() as i32;
+        let _ = std::fs::write(vmm_pid_file(&dirs), vmm_pid.to_string());
+        let vmm_exit: VmmExit = Arc::new((Mutex::new(None), Condvar::new()));
+        let exit = vmm_exit.clone();
+        std::thread::spawn(move || {
+            let status = child.wait().unwrap_or_else(|e| {
+                log::warn!("waiting for the VMM: {e}");
+                std::os::unix::process::ExitStatusExt::from_raw(255 << 8)
+            });
+            let (lock, cond) = &*exit;
+            *lock.lock().unwrap_or_else(|p| p.into_inner()) = Some(status);
+            cond.notify_all();
+            on_exit(status);
+        });
+        let booting = Booting {
+            dirs: &dirs,
+            sandbox_id,
+            vmm_exit: &vmm_exit,
+        };
+        match booting.connect_and_create(first, namespace) {
+            Ok(agent) => Ok(PodVm {
+                dirs,
+                sandbox_id: sandbox_id.to_string(),
+                agent,
+                vmm_pid,
+                vmm_exit,
+            }),
+            Err(e) => {
+                stop_vmm(vmm_pid, &vmm_exit);
+                for p in remove_files(&dirs) {
+                    log::warn!("pod {sandbox_id}: {p}");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The VMM's exit status, once it ended.
+    pub fn vmm_status(&self) -> Option<ExitStatus> {
+        status_of(&self.vmm_exit)
+    }
+
+    /// Takes the pod down: the sandbox, the VM (powered off, killed after a grace period),
+    /// every mount of the share and the pod directory. Best effort; returns what failed.
+    pub fn teardown(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.vmm_status().is_none() {
+            let mut req = DestroySandboxRequest::new();
+            req.sandbox_id = self.sandbox_id.clone();
+            if let Err(e) = self.agent.destroy_sandbox(&req, CALL) {
+                problems.push(ShimError::agent("DestroySandbox", e).to_string());
+            }
+            if self.agent.shutdown(Duration::from_secs(5)).is_ok() {
+                wait_exit(&self.vmm_exit, POWER_OFF_GRACE);
+            }
+        }
+        stop_vmm(self.vmm_pid, &self.vmm_exit);
+        problems.extend(remove_files(&self.dirs));
+        problems
+    }
+}
+
+fn status_of(exit: &VmmExit) -> Option<ExitStatus> {
+    *exit.0.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Waits up to `timeout` for the VMM's end; whether it ended.
+fn wait_exit(exit: &VmmExit, timeout: Duration) -> bool {
+    let (lock, cond) = &**exit;
+    let guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+    let (guard, _) = cond
+        .wait_timeout_while(guard, timeout, |status| status.is_none())
+        .unwrap_or_else(|p| p.into_inner());
+    guard.is_some()
+}
+
+/// Kills our VMM child unless it ended, and waits until the monitor reaped it.
+fn stop_vmm(pid: i32, exit: &VmmExit) {
+    if status_of(exit).is_none() {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        wait_exit(exit, Duration::from_secs(10));
+    }
+}
+
+fn remove_files(dirs: &PodDirs) -> Vec<String> {
+    let mut problems = Vec::new();
+    if let Err(e) = host_mounts::unmount_all_below(&dirs.root) {
+        problems.push(e.to_string());
+    }
+    if let Err(e) = mounts::remove_pod_dir(dirs) {
+        problems.push(e);
+    }
+    problems
+}
+
+/// A pod between the VMM's start and the agent's sandbox.
+struct Booting<'a> {
+    dirs: &'a PodDirs,
+    sandbox_id: &'a str,
+    vmm_exit: &'a VmmExit,
+}
+
+impl Booting<'_> {
+    fn connect_and_create(&self, first: &Spec, namespace: &str) -> Result<AgentClient> {
+        let deadline = Instant::now() + AGENT_TIMEOUT;
+        let agent = loop {
+            if let Some(status) = status_of(self.vmm_exit) {
+                return Err(ShimError::Other(format!(
+                    "the VMM exited ({status}) before the agent answered; its log ends with:\n{}\n\
+                     the console ends with:\n{}",
+                    tail(&vmm_log(self.dirs), 1500),
+                    tail(&self.dirs.console(), 1500)
+                )));
+            }
+            match vm::agent(self.dirs, Duration::from_secs(2)) {
+                Ok(agent) => break agent,
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(ShimError::Other(format!(
+                        "no agent after {AGENT_TIMEOUT:?}: {e}; the console ends with:\n{}",
+                        tail(&self.dirs.console(), 1500)
+                    )))
+                }
+                Err(_) => {}
+            }
+        };
+        let req = spec::sandbox_request(first, self.sandbox_id, namespace);
+        agent
+            .create_sandbox(&req, CALL)
+            .map_err(|e| ShimError::agent(format!("CreateSandbox {}", self.sandbox_id), e))?;
+        Ok(agent)
+    }
+}
+
+/// Whether `pid` is the VMM of the pod in `dirs` (its command line names the pod's socket).
+fn is_pod_vmm(pid: i32, dirs: &PodDirs) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let socket = dirs.vsock();
+    cmdline
+        .split(|b| *b == 0)
+        .any(|arg| arg == socket.as_os_str().as_encoded_bytes())
+}
+
+/// Cleans up a pod whose shim is gone: kills its VMM (found through `vmm.pid`), unmounts
+/// everything below the pod directory and removes it. Returns what it could not do.
+pub fn cleanup_dead(dirs: &PodDirs) -> Vec<String> {
+    let mut problems = Vec::new();
+    if let Some(pid) = std::fs::read_to_string(vmm_pid_file(dirs))
+        .ok()
+        .and_then(|t| t.trim().parse::<i32>().ok())
+    {
+        if is_pod_vmm(pid, dirs) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while nutshell_runtime::state::process_alive(pid) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if nutshell_runtime::state::process_alive(pid) {
+                problems.push(format!("the VMM (pid {pid}) does not die"));
+            }
+        }
+    }
+    problems.extend(remove_files(dirs));
+    problems
+}
