@@ -3,13 +3,13 @@
 //! localhost, then `nutshell inspect` on it and `nutshell rm`. Where /dev/kvm cannot boot Linux
 //! it runs in the nested test ground. `demo-guest` is the lower-level boot-and-talk check.
 
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use nutshell_tests::pod_guest::{scratch_dir, GuestImage, Vmm, VmmLaunch};
 
 use crate::artifacts;
+use crate::nutshell_cli::NutshellCli;
 
 /// Per-call deadline for agent requests.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -27,22 +27,8 @@ pub fn demo_pod() -> Result<()> {
     let image = artifacts::from_env()?;
     let root = nutshell_tests::ground::repo_root();
     let dir = scratch_dir("demo").context("scratch directory")?;
-    let nutshell = |args: &[&str]| -> Result<()> {
-        println!("$ nutshell {}", args.join(" "));
-        let status = Command::new(image.cli())
-            .args(args)
-            .env("NUTSHELL_STATE_DIR", dir.join("state"))
-            .env("NUTSHELL_IMAGE_STORE", dir.join("images"))
-            .env("NUTSHELL_KERNEL", image.vmlinux())
-            .env("NUTSHELL_INITRD", &image.initramfs)
-            .env("NUTSHELL_VMM", &image.vmm)
-            .status()
-            .context("cannot run nutshell")?;
-        if !status.success() {
-            bail!("nutshell {} failed ({status})", args.join(" "));
-        }
-        Ok(())
-    };
+    let cli = NutshellCli::new(image, &dir);
+    let nutshell = |args: &[&str]| cli.run(args).map(|_| ());
     let layout = root.join("build/test-image/oci");
     let manifest = root.join("examples/demo-pod.yaml");
     nutshell(&["image", "import", layout.to_str().unwrap()])?;

@@ -7,10 +7,13 @@
 //!   `demo-guest` is the bare boot-and-talk check of one guest.
 //! - `test`: build, then every test of the workspace (unit and end-to-end).
 //! - `bench [--boots N]`: boot latency and VMM memory, beside QEMU on the same kernel.
+//! - `bench-images [--rounds N]`: pod start from a small and a 500 MB image (after unpack).
 
 mod artifacts;
 mod bench;
+mod bench_images;
 mod demo;
+mod nutshell_cli;
 
 use std::process::Command;
 
@@ -42,6 +45,8 @@ fn main() -> Result<()> {
         "test" => test(rest),
         "bench" => bench::run(rest),
         "bench-inner" => bench::inner(rest),
+        "bench-images" => bench_images::run(rest),
+        "bench-images-inner" => bench_images::inner(rest),
         _ => {
             eprintln!("usage: cargo xtask <build|kernel [guest|test-host|all]|demo|test|bench [--boots N]>");
             Ok(())
