@@ -19,6 +19,10 @@ pub enum ImageCommand {
     Ls,
 }
 
+/// The reference an explicit `image import` holds, so that the gc after a pod's `rm` keeps
+/// the image (images a pod imported itself go with the pod).
+pub const IMPORTED_HOLDER: &str = "nutshell:imported";
+
 pub fn open_store(cli: &Cli) -> Result<ImageStore> {
     ImageStore::open(&cli.image_store)
         .with_context(|| format!("image store {}", cli.image_store.display()))
@@ -34,8 +38,8 @@ pub fn run(cli: &Cli, command: &ImageCommand) -> Result<()> {
                     path,
                     &ImportOptions {
                         name: name.as_deref(),
+                        holder: Some(IMPORTED_HOLDER),
                         progress: Some(&progress),
-                        ..Default::default()
                     },
                 )
                 .with_context(|| format!("importing {}", path.display()))?;

@@ -27,14 +27,21 @@ pub fn run(args: &[String]) -> Result<()> {
 fn sh(script: &str) -> Result<String> {
     let out = Command::new("sh").args(["-c", script]).output()?;
     if !out.status.success() {
-        bail!("`{script}` failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "`{script}` failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 fn sha256_of(path: &Path) -> Result<String> {
     let out = sh(&format!("sha256sum {}", path.display()))?;
-    Ok(out.split_whitespace().next().unwrap_or_default().to_string())
+    Ok(out
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string())
 }
 
 /// Writes `value` as a blob of the layout; its digest and size.
@@ -73,7 +80,11 @@ fn big_image(small: &Path, dir: &Path, size_mib: u64) -> Result<()> {
         Ok(serde_json::from_slice(&std::fs::read(blobs.join(hex))?)?)
     };
     let mut manifest = blob(manifest_digest)?;
-    let mut config = blob(manifest["config"]["digest"].as_str().context("config digest")?)?;
+    let mut config = blob(
+        manifest["config"]["digest"]
+            .as_str()
+            .context("config digest")?,
+    )?;
     config["rootfs"]["diff_ids"]
         .as_array_mut()
         .context("diff_ids")?
@@ -81,16 +92,20 @@ fn big_image(small: &Path, dir: &Path, size_mib: u64) -> Result<()> {
     let (config_digest, config_size) = write_blob(&blobs, &config)?;
     manifest["config"]["digest"] = json!(config_digest);
     manifest["config"]["size"] = json!(config_size);
-    manifest["layers"].as_array_mut().context("layers")?.push(json!({
-        "mediaType": "application/vnd.oci.image.layer.v1.tar",
-        "digest": format!("sha256:{layer_digest}"),
-        "size": layer_size,
-    }));
+    manifest["layers"]
+        .as_array_mut()
+        .context("layers")?
+        .push(json!({
+            "mediaType": "application/vnd.oci.image.layer.v1.tar",
+            "digest": format!("sha256:{layer_digest}"),
+            "size": layer_size,
+        }));
     let (digest, size) = write_blob(&blobs, &manifest)?;
     let mut index = index.clone();
     index["manifests"][0]["digest"] = json!(digest);
     index["manifests"][0]["size"] = json!(size);
-    index["manifests"][0]["annotations"] = json!({"org.opencontainers.image.ref.name": "big"});
+    index["manifests"][0]["annotations"] =
+        json!({"org.opencontainers.image.ref.name": "nutshell/busybox-big:test"});
     std::fs::write(dir.join("index.json"), serde_json::to_vec(&index)?)?;
     let _ = std::fs::remove_dir_all(&work);
     Ok(())
@@ -110,7 +125,10 @@ fn manifest(name: &str, image: &str) -> String {
 /// On the KVM host.
 pub fn inner(args: &[String]) -> Result<()> {
     let rounds: usize = match args.iter().position(|a| a == "--rounds") {
-        Some(i) => args.get(i + 1).and_then(|n| n.parse().ok()).context("--rounds N")?,
+        Some(i) => args
+            .get(i + 1)
+            .and_then(|n| n.parse().ok())
+            .context("--rounds N")?,
         None => 5,
     };
     let image = artifacts::from_env()?;
@@ -122,8 +140,14 @@ pub fn inner(args: &[String]) -> Result<()> {
         println!("making a {BIG_LAYER_MIB} MB layer on top of the test image ...");
         big_image(&small, &big, BIG_LAYER_MIB)?;
         let cli = NutshellCli::new(image, &dir);
-        let small_import = cli.quiet(&["image", "import", small.to_str().unwrap()])?;
-        let big_import = cli.quiet(&["image", "import", "--name", "big", big.to_str().unwrap()])?;
+        let (small_import, _) = cli.quiet(&["image", "import", small.to_str().unwrap()])?;
+        let (big_import, printed) = cli.quiet(&["image", "import", big.to_str().unwrap()])?;
+        // `import` prints the image id (config digest) first; the pod names the image by it.
+        let big_id = printed
+            .split_whitespace()
+            .next()
+            .context("image id")?
+            .to_string();
         println!(
             "first import (unpack): small {:.2} s, big {:.2} s",
             small_import.as_secs_f64(),
@@ -132,14 +156,14 @@ pub fn inner(args: &[String]) -> Result<()> {
         let small_pod = dir.join("small.yaml");
         let big_pod = dir.join("big.yaml");
         std::fs::write(&small_pod, manifest("small", "nutshell/busybox:test"))?;
-        std::fs::write(&big_pod, manifest("big", "big"))?;
+        std::fs::write(&big_pod, manifest("big", &big_id))?;
         let (mut small_runs, mut big_runs) = (Vec::new(), Vec::new());
         for _ in 0..rounds {
             for (pod, file, runs) in [
                 ("small", &small_pod, &mut small_runs),
                 ("big", &big_pod, &mut big_runs),
             ] {
-                runs.push(cli.quiet(&["run", file.to_str().unwrap()])?);
+                runs.push(cli.quiet(&["run", file.to_str().unwrap()])?.0);
                 cli.quiet(&["rm", "-f", pod])?;
             }
         }

@@ -37,18 +37,15 @@ impl NutshellCli {
     pub fn run(&self, args: &[&str]) -> Result<Duration> {
         println!("$ nutshell {}", args.join(" "));
         let started = Instant::now();
-        let status = self
-            .command(args)
-            .status()
-            .context("cannot run nutshell")?;
+        let status = self.command(args).status().context("cannot run nutshell")?;
         if !status.success() {
             bail!("nutshell {} failed ({status})", args.join(" "));
         }
         Ok(started.elapsed())
     }
 
-    /// Like [`NutshellCli::run`], with stdout discarded.
-    pub fn quiet(&self, args: &[&str]) -> Result<Duration> {
+    /// Like [`NutshellCli::run`], with stdout captured: how long it took and what it printed.
+    pub fn quiet(&self, args: &[&str]) -> Result<(Duration, String)> {
         let started = Instant::now();
         let output = self.command(args).output().context("cannot run nutshell")?;
         if !output.status.success() {
@@ -59,6 +56,9 @@ impl NutshellCli {
                 String::from_utf8_lossy(&output.stderr)
             );
         }
-        Ok(started.elapsed())
+        Ok((
+            started.elapsed(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        ))
     }
 }
