@@ -70,49 +70,7 @@ pub const DEFAULT_CAPABILITIES: [&str; 14] = [
 ];
 
 /// Every capability of Linux 6.1, in kernel order: what a privileged container gets.
-pub const ALL_CAPABILITIES: [&str; 41] = [
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_DAC_READ_SEARCH",
-    "CAP_FOWNER",
-    "CAP_FSETID",
-    "CAP_KILL",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETPCAP",
-    "CAP_LINUX_IMMUTABLE",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_NET_BROADCAST",
-    "CAP_NET_ADMIN",
-    "CAP_NET_RAW",
-    "CAP_IPC_LOCK",
-    "CAP_IPC_OWNER",
-    "CAP_SYS_MODULE",
-    "CAP_SYS_RAWIO",
-    "CAP_SYS_CHROOT",
-    "CAP_SYS_PTRACE",
-    "CAP_SYS_PACCT",
-    "CAP_SYS_ADMIN",
-    "CAP_SYS_BOOT",
-    "CAP_SYS_NICE",
-    "CAP_SYS_RESOURCE",
-    "CAP_SYS_TIME",
-    "CAP_SYS_TTY_CONFIG",
-    "CAP_MKNOD",
-    "CAP_LEASE",
-    "CAP_AUDIT_WRITE",
-    "CAP_AUDIT_CONTROL",
-    "CAP_SETFCAP",
-    "CAP_MAC_OVERRIDE",
-    "CAP_MAC_ADMIN",
-    "CAP_SYSLOG",
-    "CAP_WAKE_ALARM",
-    "CAP_BLOCK_SUSPEND",
-    "CAP_AUDIT_READ",
-    "CAP_PERFMON",
-    "CAP_BPF",
-    "CAP_CHECKPOINT_RESTORE",
-];
+pub use nutshell_protocol::LINUX_CAPABILITIES as ALL_CAPABILITIES;
 
 /// The kubelet's default masked paths (containerd's match).
 pub const MASKED_PATHS: [&str; 11] = [
@@ -374,7 +332,9 @@ fn mount(destination: &str, typ: &str, source: &str, options: &[&str]) -> Value 
 }
 
 /// The default mounts of containerd's spec as CRI adjusts them.
-fn default_mounts(privileged: bool) -> Vec<Value> {
+/// The mounts containerd's CRI plugin gives every container (read-write sysfs and cgroup for
+/// a privileged one), as OCI mount JSON.
+pub fn default_mounts(privileged: bool) -> Vec<Value> {
     let ro_or_rw = if privileged { "rw" } else { "ro" };
     vec![
         mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),

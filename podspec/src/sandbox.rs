@@ -166,9 +166,6 @@ pub struct PodFiles {
     pub hostname: String,
     /// /etc/hosts: the kubelet's managed hosts file.
     pub hosts: String,
-    /// /etc/resolv.conf from `spec.dnsConfig`; `None` keeps the image's. The agent writes and
-    /// mounts it itself from the sandbox request's `dns`, so container specs leave it out.
-    pub resolv_conf: Option<String>,
 }
 
 /// The address the hostname resolves to while the pod has no IP (Debian's convention).
@@ -197,25 +194,6 @@ impl PodFiles {
         PodFiles {
             hostname: format!("{hostname}\n"),
             hosts,
-            resolv_conf: pod.dns.as_ref().and_then(resolv_conf),
         }
     }
-}
-
-/// resolv.conf text (the agent's format); `None` when the config sets nothing.
-pub fn resolv_conf(dns: &DnsConfig) -> Option<String> {
-    if dns.nameservers.is_empty() && dns.searches.is_empty() && dns.options.is_empty() {
-        return None;
-    }
-    let mut text = String::new();
-    for server in &dns.nameservers {
-        text.push_str(&format!("nameserver {server}\n"));
-    }
-    if !dns.searches.is_empty() {
-        text.push_str(&format!("search {}\n", dns.searches.join(" ")));
-    }
-    if !dns.options.is_empty() {
-        text.push_str(&format!("options {}\n", dns.options.join(" ")));
-    }
-    Some(text)
 }

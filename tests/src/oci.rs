@@ -12,8 +12,8 @@ use std::collections::HashSet;
 use oci_spec::runtime::{
     Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxMemoryBuilder,
     LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxResources,
-    LinuxResourcesBuilder, Mount, MountBuilder, PosixRlimitBuilder, PosixRlimitType, Process,
-    ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+    LinuxResourcesBuilder, Mount, PosixRlimitBuilder, PosixRlimitType, Process, ProcessBuilder,
+    RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 
 /// Where a container's namespace of one kind comes from.
@@ -58,90 +58,19 @@ pub const CRI_CAPABILITIES: [Capability; 14] = [
     Capability::AuditWrite,
 ];
 
-/// containerd's masked paths.
-pub const CRI_MASKED_PATHS: [&str; 11] = [
-    "/proc/acpi",
-    "/proc/asound",
-    "/proc/kcore",
-    "/proc/keys",
-    "/proc/latency_stats",
-    "/proc/timer_list",
-    "/proc/timer_stats",
-    "/proc/sched_debug",
-    "/proc/scsi",
-    "/sys/firmware",
-    "/sys/devices/virtual/powercap",
-];
-
-/// containerd's read-only paths.
-pub const CRI_READONLY_PATHS: [&str; 5] = [
-    "/proc/bus",
-    "/proc/fs",
-    "/proc/irq",
-    "/proc/sys",
-    "/proc/sysrq-trigger",
-];
+/// containerd's masked and read-only paths (the same lists the `nutshell` CLI uses).
+pub use nutshell_podspec::container_spec::{
+    MASKED_PATHS as CRI_MASKED_PATHS, READONLY_PATHS as CRI_READONLY_PATHS,
+};
 
 const PATH_ENV: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-fn mount(destination: &str, typ: &str, source: &str, options: &[&str]) -> Mount {
-    MountBuilder::default()
-        .destination(destination)
-        .typ(typ)
-        .source(source)
-        .options(options.iter().map(|o| o.to_string()).collect::<Vec<_>>())
-        .build()
-        .expect("a mount with every field set is valid")
-}
-
-/// The mounts containerd gives every container.
+/// The mounts containerd gives every container (the `nutshell` CLI's defaults).
 pub fn cri_mounts() -> Vec<Mount> {
-    vec![
-        mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
-        mount(
-            "/dev",
-            "tmpfs",
-            "tmpfs",
-            &["nosuid", "strictatime", "mode=755", "size=65536k"],
-        ),
-        mount(
-            "/dev/pts",
-            "devpts",
-            "devpts",
-            &[
-                "nosuid",
-                "noexec",
-                "newinstance",
-                "ptmxmode=0666",
-                "mode=0620",
-                "gid=5",
-            ],
-        ),
-        mount(
-            "/dev/mqueue",
-            "mqueue",
-            "mqueue",
-            &["nosuid", "noexec", "nodev"],
-        ),
-        mount(
-            "/sys",
-            "sysfs",
-            "sysfs",
-            &["nosuid", "noexec", "nodev", "ro"],
-        ),
-        mount(
-            "/sys/fs/cgroup",
-            "cgroup",
-            "cgroup",
-            &["nosuid", "noexec", "nodev", "relatime", "ro"],
-        ),
-        mount(
-            "/dev/shm",
-            "tmpfs",
-            "shm",
-            &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
-        ),
-    ]
+    serde_json::from_value(serde_json::Value::Array(
+        nutshell_podspec::container_spec::default_mounts(false),
+    ))
+    .expect("the default mounts are OCI mounts")
 }
 
 /// A process as containerd's CRI plugin describes one: root, cwd `/`, PATH, the default

@@ -72,57 +72,11 @@ fn privileged(args: &[&str]) -> Vec<u8> {
     let mut spec: Value =
         serde_json::from_slice(&ContainerSpec::cri(args).pid(NsSource::Node).json())
             .expect("spec JSON");
-    let caps: Vec<String> = (0..=40)
-        .filter_map(|bit| CAPABILITY_NAMES.get(bit).map(|n| format!("CAP_{n}")))
-        .collect();
+    let caps = nutshell_protocol::LINUX_CAPABILITIES.to_vec();
     spec["process"]["capabilities"] =
         json!({"bounding": caps, "effective": caps, "permitted": caps});
     serde_json::to_vec(&spec).expect("spec JSON")
 }
-
-const CAPABILITY_NAMES: [&str; 41] = [
-    "CHOWN",
-    "DAC_OVERRIDE",
-    "DAC_READ_SEARCH",
-    "FOWNER",
-    "FSETID",
-    "KILL",
-    "SETGID",
-    "SETUID",
-    "SETPCAP",
-    "LINUX_IMMUTABLE",
-    "NET_BIND_SERVICE",
-    "NET_BROADCAST",
-    "NET_ADMIN",
-    "NET_RAW",
-    "IPC_LOCK",
-    "IPC_OWNER",
-    "SYS_MODULE",
-    "SYS_RAWIO",
-    "SYS_CHROOT",
-    "SYS_PTRACE",
-    "SYS_PACCT",
-    "SYS_ADMIN",
-    "SYS_BOOT",
-    "SYS_NICE",
-    "SYS_RESOURCE",
-    "SYS_TIME",
-    "SYS_TTY_CONFIG",
-    "MKNOD",
-    "LEASE",
-    "AUDIT_WRITE",
-    "AUDIT_CONTROL",
-    "SETFCAP",
-    "MAC_OVERRIDE",
-    "MAC_ADMIN",
-    "SYSLOG",
-    "WAKE_ALARM",
-    "BLOCK_SUSPEND",
-    "AUDIT_READ",
-    "PERFMON",
-    "BPF",
-    "CHECKPOINT_RESTORE",
-];
 
 fn seed_pod_and_teardown() {
     let image = GuestImage::locate_test();
