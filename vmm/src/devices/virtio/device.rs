@@ -100,6 +100,37 @@ pub struct ActivateContext {
     pub queue_events: Vec<EventFd>,
 }
 
+/// A device's worker thread after activation, and the eventfd that tells it to stop.
+pub struct DeviceWorker {
+    pub stop: EventFd,
+    pub thread: std::thread::JoinHandle<()>,
+}
+
+impl DeviceWorker {
+    /// Tells the worker to stop and waits for it; `device` names it in the log.
+    pub fn stop(self, device: &str) {
+        if let Err(e) = self.stop.write(1) {
+            log::error!("{device}: cannot signal the worker to stop: {e}");
+            return;
+        }
+        if self.thread.join().is_err() {
+            log::error!("{device}: the worker thread panicked");
+        }
+    }
+}
+
+/// Copies `data.len()` bytes of a read-only config space from `offset`; bytes past its end
+/// read as 0, as the spec wants for a driver reading beyond the structure.
+pub fn read_config_space(space: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, byte) in data.iter_mut().enumerate() {
+        *byte = offset
+            .checked_add(i as u64)
+            .and_then(|o| usize::try_from(o).ok())
+            .and_then(|o| space.get(o).copied())
+            .unwrap_or(0);
+    }
+}
+
 /// A virtio device model, independent of its transport.
 pub trait VirtioDevice: Send {
     /// Short name for logs and errors ("vsock", "fs", ...).

@@ -33,7 +33,7 @@ mod tests;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::Duration;
 
 use fuse_backend_rs::api::filesystem::FileSystem;
@@ -43,7 +43,8 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use self::worker::Worker;
 use crate::devices::virtio::device::{
-    ActivateContext, ActivateError, VirtioDevice, VIRTIO_F_VERSION_1,
+    read_config_space, ActivateContext, ActivateError, DeviceWorker, VirtioDevice,
+    VIRTIO_F_VERSION_1,
 };
 
 /// virtio device ID of a file system device.
@@ -138,11 +139,6 @@ fn passthrough_config(root_dir: String) -> PassthroughConfig {
     }
 }
 
-struct WorkerHandle {
-    stop: EventFd,
-    thread: JoinHandle<()>,
-}
-
 /// The virtio-fs device. See the module docs.
 pub struct Fs {
     config: FsConfig,
@@ -150,7 +146,7 @@ pub struct Fs {
     fs: Arc<Passthrough>,
     server: Arc<FuseServer>,
     acked_features: u64,
-    worker: Option<WorkerHandle>,
+    worker: Option<DeviceWorker>,
 }
 
 impl std::fmt::Debug for Fs {
@@ -219,16 +215,7 @@ impl Fs {
 
     fn stop_worker(&mut self) {
         if let Some(worker) = self.worker.take() {
-            if let Err(e) = worker.stop.write(1) {
-                log::error!(
-                    "virtio-fs {}: cannot signal the worker to stop: {e}",
-                    self.tag()
-                );
-                return;
-            }
-            if worker.thread.join().is_err() {
-                log::error!("virtio-fs {}: the worker thread panicked", self.tag());
-            }
+            worker.stop(&format!("virtio-fs {}", self.tag()));
         }
     }
 
@@ -262,13 +249,7 @@ impl VirtioDevice for Fs {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        for (i, byte) in data.iter_mut().enumerate() {
-            *byte = offset
-                .checked_add(i as u64)
-                .and_then(|o| usize::try_from(o).ok())
-                .and_then(|o| self.config_space.get(o).copied())
-                .unwrap_or(0);
-        }
+        read_config_space(&self.config_space, offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
@@ -303,7 +284,7 @@ impl VirtioDevice for Fs {
             .name("fs-worker".to_string())
             .spawn(move || worker.run())
             .map_err(Self::worker_error)?;
-        self.worker = Some(WorkerHandle { stop, thread });
+        self.worker = Some(DeviceWorker { stop, thread });
         Ok(())
     }
 

@@ -26,7 +26,7 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::Duration;
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -34,7 +34,8 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use self::muxer::Muxer;
 use self::worker::Worker;
 use crate::devices::virtio::device::{
-    ActivateContext, ActivateError, VirtioDevice, VIRTIO_F_VERSION_1,
+    read_config_space, ActivateContext, ActivateError, DeviceWorker, VirtioDevice,
+    VIRTIO_F_VERSION_1,
 };
 
 /// virtio device ID of vsock.
@@ -76,11 +77,6 @@ pub enum VsockError {
     },
 }
 
-struct WorkerHandle {
-    stop: EventFd,
-    thread: JoinHandle<()>,
-}
-
 /// The vsock device. See the module docs.
 pub struct Vsock {
     config: VsockConfig,
@@ -89,7 +85,7 @@ pub struct Vsock {
     uds_id: Option<(u64, u64)>,
     acked_features: u64,
     connect_timeout: Duration,
-    worker: Option<WorkerHandle>,
+    worker: Option<DeviceWorker>,
 }
 
 impl std::fmt::Debug for Vsock {
@@ -148,13 +144,7 @@ impl Vsock {
 
     fn stop_worker(&mut self) {
         if let Some(worker) = self.worker.take() {
-            if let Err(e) = worker.stop.write(1) {
-                log::error!("vsock: cannot signal the worker to stop: {e}");
-                return;
-            }
-            if worker.thread.join().is_err() {
-                log::error!("vsock: the worker thread panicked");
-            }
+            worker.stop("vsock");
         }
     }
 
@@ -188,14 +178,7 @@ impl VirtioDevice for Vsock {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let config = self.config.guest_cid.to_le_bytes();
-        for (i, byte) in data.iter_mut().enumerate() {
-            *byte = offset
-                .checked_add(i as u64)
-                .and_then(|o| usize::try_from(o).ok())
-                .and_then(|o| config.get(o).copied())
-                .unwrap_or(0);
-        }
+        read_config_space(&self.config.guest_cid.to_le_bytes(), offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
@@ -236,7 +219,7 @@ impl VirtioDevice for Vsock {
             .name("vsock-worker".to_string())
             .spawn(move || worker.run())
             .map_err(Self::worker_error)?;
-        self.worker = Some(WorkerHandle { stop, thread });
+        self.worker = Some(DeviceWorker { stop, thread });
         Ok(())
     }
 
