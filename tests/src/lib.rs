@@ -3,6 +3,7 @@
 //! [`ground`] runs commands and `cargo test` groups "on a KVM host": directly where /dev/kvm has
 //! hardware virtualization behind it, otherwise inside a nested L1 Linux under QEMU TCG.
 
+pub mod containerd;
 pub mod ground;
 pub mod oci;
 pub mod pod_client;

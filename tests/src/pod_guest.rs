@@ -80,9 +80,11 @@ impl GuestImage {
                     "nutshell-vmm",
                     "-p",
                     "nutshell-cli",
+                    "-p",
+                    "nutshell-shim",
                 ])
                 .current_dir(&root),
-            "nutshell-vmm and nutshell (cargo build --release)",
+            "nutshell-vmm, nutshell and containerd-shim-nutshell-v2 (cargo build --release)",
         )?;
         Ok(GuestImage {
             kernel_dir: kernel.dir,

@@ -276,6 +276,21 @@ fn demo_pod_end_to_end() {
         !escape.contains("host secret"),
         "the guest read a host file: {escape}"
     );
+    // Hard links cannot join files of different volumes (each is its own host mount).
+    let linked = n.output(&[
+        "exec",
+        "demo",
+        "sidecar",
+        "--",
+        "sh",
+        "-c",
+        "ln /ro/readme.txt /rw/hard-link",
+    ]);
+    assert!(
+        !linked.status.success(),
+        "a hard link across volumes was made"
+    );
+    assert!(!host.join("rw/hard-link").exists());
     assert_eq!(
         std::fs::read_link(host.join("rw/root-link")).unwrap(),
         Path::new("/"),
