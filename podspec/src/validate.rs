@@ -75,19 +75,12 @@ fn check_subdomain(value: &str, path: &str) -> Result<()> {
 
 /// An id the agent accepts (1-128 of [A-Za-z0-9._-]).
 fn check_id(value: &str, path: &str) -> Result<()> {
-    let ok = !value.is_empty()
-        && value.len() <= 128
-        && value
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        && value != "."
-        && value != "..";
-    if ok {
+    if nutshell_protocol::is_valid_id(value) {
         Ok(())
     } else {
         Err(invalid(
             path,
-            format!("{value:?} must be 1-128 of A-Z, a-z, 0-9, '.', '_' and '-'"),
+            format!("{value:?} must be {}", nutshell_protocol::ID_RULE),
         ))
     }
 }

@@ -118,6 +118,21 @@ pub const LINUX_CAPABILITIES: [&str; 41] = [
     "CAP_CHECKPOINT_RESTORE",
 ];
 
+/// What the agent accepts as a sandbox, container or exec id.
+pub const ID_RULE: &str = "1-128 of A-Z, a-z, 0-9, '.', '_' and '-', not '.' or '..'";
+
+/// Whether `value` is a valid id ([`ID_RULE`]): it names a directory in the guest, so it must
+/// be one path component.
+pub fn is_valid_id(value: &str) -> bool {
+    !value.is_empty()
+        && value.len() <= 128
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && value != "."
+        && value != ".."
+}
+
 /// Version of the API in `proto/agent.proto`, reported by `Version`.
 /// Bump on incompatible changes only; additive changes keep it.
 pub const PROTOCOL_VERSION: u32 = 1;

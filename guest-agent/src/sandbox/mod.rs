@@ -138,20 +138,13 @@ fn lock(slot: &Mutex<Sandbox>) -> MutexGuard<'_, Sandbox> {
 }
 
 fn check_name(field: &'static str, value: &str) -> Result<(), SandboxError> {
-    let ok = !value.is_empty()
-        && value.len() <= 128
-        && value
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        && value != "."
-        && value != "..";
-    if ok {
+    if nutshell_protocol::is_valid_id(value) {
         Ok(())
     } else {
         Err(SandboxError::Invalid {
             field,
             value: value.to_string(),
-            reason: "must be 1-128 of [A-Za-z0-9._-]".into(),
+            reason: format!("must be {}", nutshell_protocol::ID_RULE),
         })
     }
 }
