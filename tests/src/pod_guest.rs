@@ -308,6 +308,18 @@ impl Vmm {
         std::fs::read_to_string(&self.console_log).unwrap_or_default()
     }
 
+    /// Asks the agent to power the guest off and checks that the VMM exits 0 (panics with its
+    /// stderr otherwise).
+    pub fn shut_down(&mut self, agent: &AgentClient) {
+        agent
+            .shutdown(Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("Shutdown: {e}"));
+        let exit = self
+            .wait(Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(exit.status.code(), Some(0), "stderr: {}", exit.stderr);
+    }
+
     /// Waits for the VMM to exit; kills it at the deadline and says so.
     pub fn wait(&mut self, deadline: Duration) -> Result<VmmExit, String> {
         let until = Instant::now() + deadline;

@@ -235,9 +235,5 @@ fn containers_share_the_pod() {
     pod.destroy();
     expect_code(pod.try_start("sidecar"), ttrpc::Code::NOT_FOUND, "sidecar");
 
-    agent.shutdown(CALL).expect("Shutdown");
-    let exit = vmm
-        .wait(Duration::from_secs(60))
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(exit.status.code(), Some(0), "stderr: {}", exit.stderr);
+    vmm.shut_down(&agent);
 }

@@ -50,11 +50,7 @@ fn processes_of_a_pod() {
     seccomp_profile_is_enforced(&pod);
 
     pod.destroy();
-    agent.shutdown(CALL).expect("Shutdown");
-    let exit = vmm
-        .wait(Duration::from_secs(60))
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(exit.status.code(), Some(0), "stderr: {}", exit.stderr);
+    vmm.shut_down(&agent);
 }
 
 /// `nutshell-probe ns` output: kind → inode.

@@ -145,9 +145,5 @@ fn sandbox_lifecycle_and_modes() {
         .expect("CreateSandbox again after destroy");
     destroy(&agent, "sb1");
 
-    agent.shutdown(CALL).expect("Shutdown");
-    let exit = vmm
-        .wait(Duration::from_secs(60))
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(exit.status.code(), Some(0), "stderr: {}", exit.stderr);
+    vmm.shut_down(&agent);
 }

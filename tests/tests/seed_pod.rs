@@ -208,9 +208,5 @@ fn seed_pod_and_teardown() {
     observer.remove("look");
     observer.destroy();
 
-    agent.shutdown(CALL).expect("Shutdown");
-    let exit = vmm
-        .wait(Duration::from_secs(60))
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(exit.status.code(), Some(0), "stderr: {}", exit.stderr);
+    vmm.shut_down(&agent);
 }
