@@ -151,7 +151,7 @@ pub fn run(cli: &Cli, args: &RunArgs) -> Result<i32> {
     .save(&dirs.state())?;
 
     let supervisor = spawn_supervisor(cli, &dirs, &pod.name)?;
-    // Ctrl-C while the pod starts tears it down.
+    // Ctrl-C while the pod starts tears it down and removes it: nothing of it stays.
     for signal in [libc::SIGINT, libc::SIGTERM] {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
         unsafe { libc::signal(signal, on_signal as *const () as libc::sighandler_t) };
@@ -178,7 +178,8 @@ pub fn run(cli: &Cli, args: &RunArgs) -> Result<i32> {
         }
         if INTERRUPTED.load(Ordering::SeqCst) {
             eprintln!("interrupted: tearing pod {:?} down", pod.name);
-            stop(cli, &pod.name)?;
+            rm(cli, &pod.name, true)?;
+            eprintln!("pod {:?} removed", pod.name);
             return Ok(130);
         }
         std::thread::sleep(Duration::from_millis(100));

@@ -4,6 +4,7 @@
 //! * [`state`]: the pod's recorded state (`state.json`);
 //! * [`host_mounts`], [`share`]: the virtio-fs share: container rootfs overlays, volumes and
 //!   the pod's /etc files, and taking them down;
+//! * [`share_path`]: walking the guest-writable share without following its symlinks;
 //! * [`vm`]: starting the VMM and reaching its agent;
 //! * [`pod`]: a pod from its plan to running containers, and its teardown;
 //! * [`supervisor`]: the process that keeps a pod: logs, waits, restarts, stop.
@@ -12,6 +13,7 @@ pub mod host_mounts;
 pub mod pod;
 pub mod pod_dirs;
 pub mod share;
+pub mod share_path;
 pub mod state;
 pub mod supervisor;
 pub mod vm;
@@ -37,6 +39,8 @@ pub enum RuntimeError {
     Missing { what: &'static str, path: PathBuf },
     #[error("pod state {path}: {reason}")]
     State { path: PathBuf, reason: String },
+    #[error("{path}: {reason} (paths in the pod's share are never followed through a symlink)")]
+    SharePath { path: PathBuf, reason: String },
     #[error("volume {volume:?}: {reason}")]
     Volume { volume: String, reason: String },
     #[error("image: {0}")]

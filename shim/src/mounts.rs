@@ -3,12 +3,13 @@
 //! spec binds. Taking them down reads `/proc/self/mountinfo`, so the `delete` subcommand can
 //! clean up after a shim that died.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use containerd_shim::protos::api::Mount as TaskMount;
 use nix::mount::{mount, MsFlags};
 use nutshell_runtime::host_mounts;
 use nutshell_runtime::pod_dirs::PodDirs;
+use nutshell_runtime::share_path::{open_below, Beneath, Leaf};
 
 use crate::error::{Result, ShimError};
 use crate::spec::HostBind;
@@ -88,30 +89,23 @@ pub fn mount_rootfs(mounts: &[TaskMount], target: &Path) -> Result<()> {
     Ok(())
 }
 
-fn mkdir(path: &Path) -> Result<()> {
-    std::fs::create_dir_all(path).map_err(ShimError::io("create", path))
-}
-
-/// A mount point of the same kind as `source` (directory, else an empty file) at `target`.
-fn mount_point_like(source: &Path, target: &Path) -> Result<()> {
+/// A mount point of the same kind as `source` (directory, else an empty file) at `target` in
+/// the share, made and opened without following the guest's symlinks.
+fn mount_point_like(dirs: &PodDirs, source: &Path, target: &Path) -> Result<Beneath> {
     let meta = std::fs::metadata(source).map_err(ShimError::io("find", source))?;
-    if meta.is_dir() {
-        mkdir(target)
-    } else {
-        mkdir(target.parent().expect("a mount point has a parent"))?;
-        std::fs::write(target, b"").map_err(ShimError::io("create", target))
-    }
+    let leaf = if meta.is_dir() { Leaf::Dir } else { Leaf::File };
+    Ok(open_below(&dirs.share(), target, leaf, true)?)
 }
 
 /// Puts container `id`'s rootfs (`rootfs`, on the host) and its host binds into the share.
+/// The guest is running and writes the share: every mount point is reached without following
+/// a symlink, and every bind is `nodev,nosuid` (see `nutshell_runtime::host_mounts`).
 pub fn provide(dirs: &PodDirs, id: &str, rootfs: &Path, binds: &[HostBind]) -> Result<()> {
-    let target = dirs.rootfs(id);
-    mkdir(&target)?;
-    host_mounts::bind(rootfs, &target, false)?;
+    let target = mount_point_like(dirs, rootfs, &dirs.rootfs(id))?;
+    host_mounts::bind_beneath(rootfs, &target, false)?;
     for b in binds {
-        let target = dirs.container_mount(id, b.index);
-        mount_point_like(&b.source, &target)?;
-        host_mounts::bind(&b.source, &target, b.read_only)?;
+        let target = mount_point_like(dirs, &b.source, &dirs.container_mount(id, b.index))?;
+        host_mounts::bind_beneath(&b.source, &target, b.read_only)?;
     }
     Ok(())
 }
@@ -121,10 +115,11 @@ pub fn provide(dirs: &PodDirs, id: &str, rootfs: &Path, binds: &[HostBind]) -> R
 pub fn release(dirs: &PodDirs, id: &str, bundle_rootfs: Option<&Path>) -> Vec<String> {
     let mut problems = Vec::new();
     let share = dirs.container_share(id);
-    let mut targets: Vec<PathBuf> = vec![share.clone()];
-    targets.extend(bundle_rootfs.map(Path::to_path_buf));
-    for target in targets {
-        if let Err(e) = host_mounts::unmount_all_below(&target) {
+    if let Err(e) = host_mounts::unmount_all_within(&dirs.share(), &share) {
+        problems.push(e.to_string());
+    }
+    if let Some(rootfs) = bundle_rootfs {
+        if let Err(e) = host_mounts::unmount_all_below(rootfs) {
             problems.push(e.to_string());
         }
     }
@@ -133,7 +128,7 @@ pub fn release(dirs: &PodDirs, id: &str, bundle_rootfs: Option<&Path>) -> Vec<St
     }
     match still_mounted_below(&share) {
         Ok(false) => {
-            if let Err(e) = remove_mount_points(&share) {
+            if let Err(e) = remove_unmounted(&share) {
                 problems.push(format!("cannot remove {}: {e}", share.display()));
             }
         }
@@ -151,13 +146,7 @@ pub fn remove_pod_dir(dirs: &PodDirs) -> std::result::Result<(), String> {
         Ok(true) => return Err(format!("{} still has mounts", dirs.root.display())),
         Err(e) => return Err(e.to_string()),
     }
-    let cannot = |path: &Path, e: std::io::Error| format!("cannot remove {}: {e}", path.display());
-    remove_mount_points(&dirs.share()).map_err(|e| cannot(&dirs.share(), e))?;
-    match std::fs::remove_dir_all(&dirs.root) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(cannot(&dirs.root, e)),
-    }
+    remove_unmounted(&dirs.root).map_err(|e| format!("cannot remove {}: {e}", dirs.root.display()))
 }
 
 fn still_mounted_below(dir: &Path) -> Result<bool> {
@@ -166,29 +155,13 @@ fn still_mounted_below(dir: &Path) -> Result<bool> {
     Ok(!host_mounts::mounts_below(&mountinfo, dir).is_empty())
 }
 
-/// Removes a tree of (unmounted) mount points: directories and empty files only, so that a
-/// mount that is somehow still there stops the removal instead of losing host files.
-fn remove_mount_points(dir: &Path) -> std::io::Result<()> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    for entry in entries {
-        let entry = entry?;
-        let meta = entry.metadata()?;
-        if meta.is_dir() {
-            remove_mount_points(&entry.path())?;
-        } else if meta.len() == 0 {
-            std::fs::remove_file(entry.path())?;
-        } else {
-            return Err(std::io::Error::other(format!(
-                "{} is not an empty mount point",
-                entry.path().display()
-            )));
-        }
+/// Removes a tree in which nothing is mounted any more. What the guest left in the share (its
+/// files, its symlinks) goes too: `remove_dir_all` never follows a symlink.
+fn remove_unmounted(dir: &Path) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
     }
-    std::fs::remove_dir(dir)
 }
 
 #[cfg(test)]
@@ -243,6 +216,7 @@ mod tests {
         let hosts = root.join("hosts");
         std::fs::write(&hosts, "127.0.0.1 localhost\n").unwrap();
         let dirs = PodDirs::new(&root.join("state"), "pod");
+        host_mounts::seal_share(&dirs.share()).unwrap();
         let binds = [HostBind {
             index: 0,
             source: hosts.clone(),
@@ -262,6 +236,13 @@ mod tests {
         assert!(release(&dirs, "c1", Some(&bundle_rootfs)).is_empty());
         assert!(!dirs.container_share("c1").exists());
         assert!(!bundle_rootfs.join("bin").exists());
+        assert!(
+            remove_pod_dir(&dirs).is_err(),
+            "the sealed share is still mounted"
+        );
+        host_mounts::unmount_all_below(&dirs.root).unwrap();
+        remove_pod_dir(&dirs).unwrap();
+        assert!(!dirs.root.exists());
         assert_eq!(host_mounts::unmount_all_below(root).unwrap(), 0);
     }
 }

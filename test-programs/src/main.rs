@@ -4,6 +4,7 @@
 //! problem on stderr and exits 1 (2 for a usage error).
 
 mod ipc;
+mod swap_race;
 
 use std::io::{Read, Write};
 use std::process::ExitCode;
@@ -24,7 +25,9 @@ const USAGE: &str = "usage: nutshell-probe <command> [args]
   pid1-check              print `pid=<getpid> ppid=<getppid>`
   chroot-escape PATH      the classic chroot escape (chroot into a subdirectory, chdir ..
                           many times, chroot .); print `escaped` if PATH is then visible,
-                          else `contained`";
+                          else `contained`
+  swap-race DIR TARGET SECS  swap DIR/x (a directory) and a symlink to TARGET for SECS
+                          seconds while reading through DIR/x; print what was seen";
 
 /// Namespace kinds in the order `ns` prints them.
 const NS_KINDS: [&str; 8] = ["net", "uts", "ipc", "pid", "mnt", "user", "cgroup", "time"];
@@ -72,6 +75,7 @@ fn run(argv: &[&str]) -> Result<(), Failure> {
         ["spew", bytes] => spew(parse(bytes)?),
         ["echo-stdin"] => echo_stdin(),
         ["chroot-escape", path] => chroot_escape(path),
+        ["swap-race", dir, target, secs] => swap_race::swap_race(dir, target, parse(secs)?),
         ["pid1-check"] => {
             // SAFETY: getpid and getppid have no preconditions.
             let (pid, ppid) = unsafe { (libc::getpid(), libc::getppid()) };

@@ -2,7 +2,9 @@
 //! at /run/nutshell-share from `nutshell.virtiofs=<tag>`). A container runs from an image rootfs
 //! on the share, with a directory of the share bind-mounted; what it writes is on the host at
 //! once, what the host rewrites is seen by the next container, and nothing outside the share is
-//! reachable from the guest. One VM for all cases.
+//! reachable from the guest: not by `..`, an absolute link, a symlink swapped in and out of
+//! a directory while the guest reads through it, or a device node the guest makes (the
+//! share is sealed `nodev` as the runtime seals every pod's share). One VM for all cases.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -78,6 +80,7 @@ fn share_serves_rootfs_and_data() {
     let image = GuestImage::locate_test();
     let scratch = scratch_dir("virtio-fs").expect("scratch dir");
     let share = make_share(&scratch);
+    nutshell_runtime::host_mounts::seal_share(&share).expect("seal the share (nodev,nosuid)");
     let launch = VmmLaunch {
         fs: Some((TAG.into(), share.clone())),
         ..VmmLaunch::default()
@@ -158,6 +161,55 @@ fn share_serves_rootfs_and_data() {
         "the host's absolute link must not resolve in the guest\nstderr: {stderr}"
     );
 
+    // A symlink race: the guest swaps a directory of the share and a symlink to the host
+    // directory that holds the marker, as fast as it can, while reading through the name.
+    let (code, stdout, stderr) = run(
+        "swap-race",
+        &format!(
+            "nutshell-probe swap-race /data/race {} 5",
+            scratch.display()
+        ),
+    );
+    assert_eq!(code, 0, "swap-race: stdout {stdout}\nstderr {stderr}");
+    let counts: Vec<u64> = stdout
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split(' ')
+        .filter_map(|kv| kv.split_once('=').and_then(|(_, v)| v.parse().ok()))
+        .collect();
+    println!("swap-race in the guest: {stdout}");
+    assert!(
+        counts.len() == 3 && counts[0] > 0 && counts[1] > 0,
+        "the race ran (swaps, reads through the directory): {stdout}"
+    );
+    assert!(
+        !stdout.contains(MARKER) && !stdout.contains("foreign"),
+        "the guest saw the host directory through the swapped symlink: {stdout}"
+    );
+    // A device node made by the guest (mknod passes through to the host) is the guest's own
+    // device in the guest (the guest kernel opens special files itself), and opens nothing on
+    // the host: the sealed share is nodev.
+    let (code, stdout, stderr) = run(
+        "mknod",
+        "mknod /data/null c 1 3 && echo x > /data/null && cat /data/null && echo guest-null",
+    );
+    assert_eq!(
+        (code, stdout.as_str()),
+        (0, "guest-null\n"),
+        "mknod in the share: stderr {stderr}"
+    );
+    let node = share.join("data/null");
+    assert!(
+        fs::symlink_metadata(&node).is_ok_and(|m| {
+            use std::os::unix::fs::FileTypeExt;
+            m.file_type().is_char_device()
+        }),
+        "the guest's mknod made a device node on the host"
+    );
+    let err = fs::File::open(&node).expect_err("a device node in the share must not open");
+    assert_eq!(err.raw_os_error(), Some(libc::EACCES), "nodev: {err}");
+
     pod.destroy();
     agent
         .shutdown(nutshell_tests::pod_client::CALL)
@@ -166,5 +218,6 @@ fn share_serves_rootfs_and_data() {
         .wait(Duration::from_secs(60))
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(exit.status.code(), Some(0), "stderr: {}", exit.stderr);
+    nutshell_runtime::host_mounts::unmount_all_below(&share).expect("unmount the share");
     let _ = fs::remove_dir_all(&scratch);
 }
