@@ -8,7 +8,10 @@
 #                      /bin/busybox with symlinks for the applets the tests
 #                      use, /usr/bin/nutshell-probe (static, from
 #                      test-programs/), /etc/passwd and /etc/group (root,
-#                      nobody), empty /proc /sys /dev /tmp /run /etc mount points.
+#                      nobody), empty /proc /sys /dev /tmp /run /etc mount points,
+#                      Debian's /var/run -> /run and a symlink /up -> ../../..
+#                      (mount targets must resolve inside the rootfs through
+#                      both, see tests/tests/pod_containers.rs).
 #   <out-dir>/oci      the same rootfs as an OCI image layout: oci-layout,
 #                      index.json, blobs/sha256/{layer (tar+gzip), config,
 #                      manifest}. Byte-for-byte reproducible from the same inputs.
@@ -63,6 +66,8 @@ printf '%s\n' 'root:x:0:0:root:/root:/bin/sh' \
     'nobody:x:65534:65534:nobody:/nonexistent:/bin/false' >"$rootfs/etc/passwd"
 printf '%s\n' 'root:x:0:' 'nogroup:x:65534:' >"$rootfs/etc/group"
 echo 'nutshell test page' >"$rootfs/var/www/index.html"
+ln -s /run "$rootfs/var/run"
+ln -s ../../.. "$rootfs/up"
 find "$rootfs" -exec touch -h -d @0 {} +
 
 # --- OCI image layout -----------------------------------------------------------

@@ -1,7 +1,8 @@
 //! End to end (issue 4, second slice): containers of a pod in a real guest, from the test
 //! image (busybox + nutshell-probe). Each container joins pause's net, uts and ipc namespaces
 //! and has its own mnt and pid namespace (pod-semantics.md); exit codes come back exactly; an
-//! exited container starts again; bad input gets the right error. One VM for all cases.
+//! exited container starts again; mount targets resolve inside the rootfs through the image's
+//! symlinks (runc's securejoin); bad input gets the right error. One VM for all cases.
 
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use nutshell_tests::ground::Group;
 use nutshell_tests::oci::{resources, to_json, ContainerSpec, NsSource};
 use nutshell_tests::pod_client::{expect_code, inode, Pod, CALL};
 use nutshell_tests::pod_guest::{GuestImage, Vmm, VmmLaunch, TEST_IMAGE_ROOTFS};
+use oci_spec::runtime::Mount;
 
 const AGENT_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -63,6 +65,40 @@ fn containers_share_the_pod() {
             "test -x /usr/bin/nutshell-probe && echo hi > /new && test -c /dev/null"
         ),
         0
+    );
+
+    // Mount targets resolve inside the rootfs, as runc's securejoin does: the image's Debian
+    // symlink /var/run -> /run leads to the container's /run (not the guest's), and a mount
+    // through `up -> ../../..` ends at the rootfs's top, never outside it. The read-only bind
+    // is remounted on the mount just made.
+    let mut spec = ContainerSpec::cri(&[
+        "sh",
+        "-c",
+        "test \"$(readlink /var/run)\" = /run && test \"$(readlink /up)\" = ../../.. && \
+         grep -q ^root: /var/run/nutshell-test/passwd && grep -q ^root: /run/nutshell-test/passwd && \
+         ! touch /run/nutshell-test/new 2>/dev/null && grep -q ^root: /nutshell-up/passwd && \
+         grep -q ^root: /run/secrets-dir/passwd",
+    ])
+    .spec();
+    let guest_dir = format!("{TEST_IMAGE_ROOTFS}/etc");
+    let bind = |destination: &str, options: &[&str]| -> Mount {
+        serde_json::from_value(serde_json::json!({
+            "destination": destination, "type": "bind", "source": guest_dir, "options": options,
+        }))
+        .expect("a bind mount")
+    };
+    spec.mounts_mut().get_or_insert_with(Vec::new).extend([
+        bind("/var/run/nutshell-test", &["rbind", "ro"]),
+        bind("/up/nutshell-up", &["rbind"]),
+        bind("/up/var/run/secrets-dir", &["rbind", "rprivate"]),
+    ]);
+    let (exit, output) = pod.run_json("symlinked-targets", to_json(&spec));
+    assert_eq!(
+        exit.exit_code,
+        0,
+        "a mount through an image symlink is not where the container sees it: {} {}",
+        output.stdout_text(),
+        output.stderr_text()
     );
 
     // The container's root is a pivot_root, not a chroot: CAP_SYS_CHROOT (in CRI's default

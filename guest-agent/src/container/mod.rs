@@ -10,6 +10,7 @@ pub mod process;
 pub mod process_setup;
 pub mod resources;
 pub mod rootfs_setup;
+pub mod scoped_path;
 pub mod seccomp;
 pub mod stats;
 pub mod steps;
@@ -188,12 +189,15 @@ fn plan_rootfs(container: &Container) -> Result<RootfsPlan, ContainerError> {
     );
     let spec = &container.spec;
     let planned_mounts = mounts::plan_mounts(&root, spec)?;
-    let at = |rel: &str| path_cstring(&root.join(rel));
+    // Relative to the new root: the child resolves them inside it.
     let mut devices = Vec::new();
     let mut symlinks = Vec::new();
     if planned_mounts.iter().any(|m| m.destination == "/dev") {
         for dev in ["null", "zero", "full", "random", "urandom", "tty"] {
-            devices.push((cstring(format!("/dev/{dev}"))?, at(&format!("dev/{dev}"))?));
+            devices.push((
+                cstring(format!("/dev/{dev}"))?,
+                cstring(format!("dev/{dev}"))?,
+            ));
         }
         for (text, link) in [
             ("pts/ptmx", "dev/ptmx"),
@@ -203,7 +207,7 @@ fn plan_rootfs(container: &Container) -> Result<RootfsPlan, ContainerError> {
             ("/proc/self/fd/2", "dev/stderr"),
             ("/proc/kcore", "dev/core"),
         ] {
-            symlinks.push((cstring(text)?, at(link)?));
+            symlinks.push((cstring(text)?, cstring(link)?));
         }
     }
     let linux = spec.linux().clone().unwrap_or_default();
@@ -214,7 +218,6 @@ fn plan_rootfs(container: &Container) -> Result<RootfsPlan, ContainerError> {
         mounts: planned_mounts,
         devices,
         symlinks,
-        put_old: at(".oldroot")?,
         sysctls: mounts::plan_sysctls(linux.sysctl().iter().flatten())?,
         readonly_paths: mounts::plan_paths(
             "linux.readonlyPaths",

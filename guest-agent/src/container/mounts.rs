@@ -1,13 +1,34 @@
 //! The spec's `mounts`, `maskedPaths`, `readonlyPaths` and `linux.sysctl` turned into C strings
-//! the init process uses after the fork. Pure: the only file system access is checking whether
-//! a bind source is a file (its target must then be a file too).
+//! the init process uses after the fork. The only file system access is checking bind sources:
+//! whether each is a file (its target must then be a file too), and that a source below the pod
+//! share has no symlink on its way (the child checks again when it opens it).
+//!
+//! Targets are kept relative to the new root: the child resolves them inside it
+//! ([`super::scoped_path::open_in_root`]), so an image's symlinks (`/var/run -> /run`) lead where
+//! they would in the container, never out of its rootfs.
 
-use std::ffi::CString;
-use std::path::Path;
+use std::ffi::{CString, OsStr};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path};
 
 use oci_spec::runtime::{Mount, Spec};
 
+use super::scoped_path;
 use super::{cstring, path_cstring, ContainerError};
+
+/// Directories whose content other containers of the pod can change: a bind source below one
+/// is opened without following any symlink (a volume's subPath swapped for a link to the
+/// guest's `/` between the host's check and the bind must not be followed).
+pub const SCOPED_SOURCE_ROOTS: [&str; 1] = [nutshell_protocol::GUEST_SHARE_MOUNT_POINT];
+
+/// A bind source below one of [`SCOPED_SOURCE_ROOTS`]: the root (opened normally) and the
+/// rest (opened below it with no symlink).
+#[derive(Debug)]
+pub struct ScopedSource {
+    pub base: CString,
+    /// Relative, `.` for the base itself.
+    pub path: CString,
+}
 
 /// A mount the init process makes below the new root, before switching into it.
 #[derive(Debug)]
@@ -15,7 +36,10 @@ pub struct PlannedMount {
     /// The spec's destination, for error messages.
     pub destination: String,
     pub source: CString,
-    /// Absolute path below the new root's mount point.
+    /// Set for a bind source below the pod share: mounted from the descriptor the child opens
+    /// with no symlink on the way, instead of `source`.
+    pub scoped_source: Option<ScopedSource>,
+    /// The destination relative to the new root (`dev/pts`), resolved inside it by the child.
     pub target: CString,
     pub fstype: CString,
     pub flags: libc::c_ulong,
@@ -121,12 +145,27 @@ pub fn default_mounts() -> Vec<Mount> {
     serde_json::from_str(json).expect("the default mount list is valid")
 }
 
-/// One spec mount to a [`PlannedMount`] below `root`.
-pub fn plan_mount(root: &Path, mount: &Mount) -> Result<PlannedMount, ContainerError> {
+/// One spec mount to a [`PlannedMount`].
+pub fn plan_mount(mount: &Mount) -> Result<PlannedMount, ContainerError> {
+    plan_mount_with(mount, &SCOPED_SOURCE_ROOTS.map(Path::new))
+}
+
+/// [`plan_mount`] with `scoped_roots` as the directories whose bind sources are opened without
+/// following symlinks.
+pub fn plan_mount_with(
+    mount: &Mount,
+    scoped_roots: &[&Path],
+) -> Result<PlannedMount, ContainerError> {
     let destination = mount.destination().to_string_lossy().into_owned();
     if !destination.starts_with('/') || destination.split('/').any(|part| part == "..") {
         return Err(ContainerError::Spec(format!(
             "mount destination {destination:?} must be absolute without \"..\""
+        )));
+    }
+    let in_root = destination.trim_matches('/');
+    if in_root.is_empty() {
+        return Err(ContainerError::Spec(format!(
+            "mount destination {destination:?} would cover the container's whole root"
         )));
     }
     let options = parse_options(mount.options().as_deref().unwrap_or_default());
@@ -145,20 +184,35 @@ pub fn plan_mount(root: &Path, mount: &Mount) -> Result<PlannedMount, ContainerE
     let mut flags = options.flags;
     let bind_remount = is_bind && flags & !(libc::MS_BIND | libc::MS_REC) != 0;
     let mut file_target = false;
+    let mut scoped_source = None;
     if is_bind {
         flags |= libc::MS_BIND;
         fstype.clear();
-        if !source.starts_with('/') {
+        if !source.starts_with('/') || source.split('/').any(|part| part == "..") {
             return Err(ContainerError::Spec(format!(
-                "bind mount source {source:?} for {destination:?} must be an absolute guest path"
+                "bind mount source {source:?} for {destination:?} must be an absolute guest \
+                 path without \"..\""
             )));
         }
-        let meta = std::fs::metadata(&source).map_err(|e| {
-            ContainerError::Spec(format!(
-                "bind mount source {source:?} for {destination:?}: {e}"
-            ))
-        })?;
-        file_target = !meta.is_dir();
+        let scoped = scoped_roots
+            .iter()
+            .find_map(|base| Some((*base, Path::new(&source).strip_prefix(base).ok()?)));
+        if let Some((base, rest)) = scoped {
+            let planned = plan_scoped_source(base, rest).map_err(|why| {
+                ContainerError::Spec(format!(
+                    "bind mount source {source:?} for {destination:?}: {why}"
+                ))
+            })?;
+            file_target = planned.1;
+            scoped_source = Some(planned.0);
+        } else {
+            let meta = std::fs::metadata(&source).map_err(|e| {
+                ContainerError::Spec(format!(
+                    "bind mount source {source:?} for {destination:?}: {e}"
+                ))
+            })?;
+            file_target = !meta.is_dir();
+        }
     }
     let (flags, remount_flags) = if bind_remount {
         (
@@ -169,9 +223,10 @@ pub fn plan_mount(root: &Path, mount: &Mount) -> Result<PlannedMount, ContainerE
         (flags, 0)
     };
     Ok(PlannedMount {
-        target: path_cstring(&root.join(destination.trim_start_matches('/')))?,
+        target: cstring(in_root)?,
         destination,
         source: cstring(source)?,
+        scoped_source,
         fstype: cstring(fstype)?,
         flags,
         data: cstring(options.data.join(","))?,
@@ -181,13 +236,46 @@ pub fn plan_mount(root: &Path, mount: &Mount) -> Result<PlannedMount, ContainerE
     })
 }
 
-/// The spec's mounts below `root` (the defaults when it lists none).
-pub fn plan_mounts(root: &Path, spec: &Spec) -> Result<Vec<PlannedMount>, ContainerError> {
+/// A source `rest` below `base`: checked now as the child will open it (no `..`, no symlink
+/// anywhere); whether it is a file.
+fn plan_scoped_source(base: &Path, rest: &Path) -> Result<(ScopedSource, bool), String> {
+    if rest
+        .components()
+        .any(|c| !matches!(c, Component::Normal(_)))
+    {
+        return Err(format!("must not contain \"..\" below {}", base.display()));
+    }
+    let rel = match rest.as_os_str().as_bytes() {
+        [] => OsStr::new("."),
+        _ => rest.as_os_str(),
+    };
+    let scoped = ScopedSource {
+        base: path_cstring(base).map_err(|e| e.to_string())?,
+        path: path_cstring(Path::new(rel)).map_err(|e| e.to_string())?,
+    };
+    match scoped_path::open_beneath_no_symlinks(&scoped.base, &scoped.path) {
+        Ok(fd) => {
+            // SAFETY: a descriptor just opened, owned here and closed on drop.
+            let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+            let file = !scoped_path::is_dir(std::os::fd::AsRawFd::as_raw_fd(&fd));
+            Ok((scoped, file))
+        }
+        Err(libc::ELOOP) => Err(format!(
+            "goes through a symlink below {} (sources there are never followed through symlinks)",
+            base.display()
+        )),
+        Err(errno) => Err(nix::errno::Errno::from_raw(errno).to_string()),
+    }
+}
+
+/// The spec's mounts (the defaults when it lists none). `_root` (the new root's mount point) is
+/// not needed any more: targets are resolved inside it by the child; kept for callers.
+pub fn plan_mounts(_root: &Path, spec: &Spec) -> Result<Vec<PlannedMount>, ContainerError> {
     let mounts = match spec.mounts() {
         Some(m) if !m.is_empty() => m.clone(),
         _ => default_mounts(),
     };
-    mounts.iter().map(|m| plan_mount(root, m)).collect()
+    mounts.iter().map(plan_mount).collect()
 }
 
 /// Absolute paths of the spec (masked or read-only) as C strings, checked.
@@ -252,20 +340,14 @@ mod tests {
             serde_json::from_str(r#"{"ociVersion":"1.0.2","root":{"path":"r"},"mounts":[]}"#)
                 .unwrap();
         let planned = plan_mounts(Path::new("/new"), &spec).unwrap();
+        // Relative: the child resolves them inside the new root.
         let targets: Vec<String> = planned
             .iter()
             .map(|m| m.target.to_string_lossy().into_owned())
             .collect();
         assert_eq!(
             targets,
-            [
-                "/new/proc",
-                "/new/dev",
-                "/new/dev/pts",
-                "/new/dev/shm",
-                "/new/dev/mqueue",
-                "/new/sys"
-            ]
+            ["proc", "dev", "dev/pts", "dev/shm", "dev/mqueue", "sys"]
         );
         let sys = &planned[5];
         assert_eq!(sys.fstype.to_str().unwrap(), "sysfs");
@@ -278,7 +360,7 @@ mod tests {
             r#"{"destination":"/sys/fs/cgroup","type":"cgroup","source":"cgroup","options":["ro","nosuid"]}"#,
         )
         .unwrap();
-        let p = plan_mount(Path::new("/r"), &m).unwrap();
+        let p = plan_mount(&m).unwrap();
         assert_eq!(p.fstype.to_str().unwrap(), "cgroup2");
         assert_eq!(p.remount_flags, 0);
         let dir = tempfile::tempdir().unwrap();
@@ -289,7 +371,7 @@ mod tests {
             file.display()
         ))
         .unwrap();
-        let p = plan_mount(Path::new("/r"), &m).unwrap();
+        let p = plan_mount(&m).unwrap();
         assert!(p.file_target);
         assert_eq!(p.flags, libc::MS_BIND | libc::MS_REC);
         assert!(p.remount_flags & libc::MS_RDONLY != 0);
@@ -297,7 +379,7 @@ mod tests {
             r#"{"destination":"/x","type":"bind","source":"/no/such/dir","options":["bind"]}"#,
         )
         .unwrap();
-        assert!(plan_mount(Path::new("/r"), &missing)
+        assert!(plan_mount(&missing)
             .unwrap_err()
             .to_string()
             .contains("/no/such/dir"));
@@ -317,5 +399,48 @@ mod tests {
         );
         let bad = "kernel..x".to_string();
         assert!(plan_sysctls([(&bad, &value)]).is_err());
+    }
+
+    fn bind(destination: &str, source: &Path) -> Mount {
+        serde_json::from_str(&format!(
+            r#"{{"destination":"{destination}","type":"bind","source":"{}","options":["rbind","ro"]}}"#,
+            source.display()
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn sources_below_the_share_are_scoped() {
+        let share = tempfile::tempdir().unwrap();
+        let base = share.path();
+        std::fs::create_dir_all(base.join("vol/sub")).unwrap();
+        std::fs::write(base.join("vol/key"), "").unwrap();
+        std::os::unix::fs::symlink("/", base.join("vol/swapped")).unwrap();
+        let plan = |source: &Path| plan_mount_with(&bind("/data", source), &[base]);
+        let dir = plan(&base.join("vol/sub")).unwrap();
+        let scoped = dir.scoped_source.as_ref().unwrap();
+        assert_eq!(scoped.base.as_bytes(), base.as_os_str().as_bytes());
+        assert_eq!(scoped.path.to_str().unwrap(), "vol/sub");
+        assert!(!dir.file_target);
+        assert_eq!(dir.target.to_str().unwrap(), "data");
+        assert!(plan(&base.join("vol/key")).unwrap().file_target);
+        assert_eq!(
+            plan(base).unwrap().scoped_source.unwrap().path.to_str(),
+            Ok(".")
+        );
+        let err = plan(&base.join("vol/swapped")).unwrap_err().to_string();
+        assert!(err.contains("goes through a symlink"), "{err}");
+        let err = plan(&base.join("vol/swapped/etc")).unwrap_err().to_string();
+        assert!(err.contains("goes through a symlink"), "{err}");
+        let err = plan(&base.join("vol/../vol/sub")).unwrap_err().to_string();
+        assert!(err.contains("without \"..\""), "{err}");
+        // Elsewhere: a plain source, followed as before.
+        let other = tempfile::tempdir().unwrap();
+        let plain = plan_mount_with(&bind("/data", other.path()), &[base]).unwrap();
+        assert!(plain.scoped_source.is_none());
+        assert!(plan_mount(&bind("/", other.path()))
+            .unwrap_err()
+            .to_string()
+            .contains("whole root"));
     }
 }

@@ -1,11 +1,18 @@
 //! The child side of a container's root: a writable overlay of the image, the spec's mounts,
 //! the standard /dev nodes and links, the switch into the new root, then sysctls, read-only
 //! and masked paths. Everything it uses is prepared before the fork ([`RootfsPlan`]).
+//!
+//! Until the switch, every path below the new root is resolved inside it
+//! ([`scoped_path::open_in_root`], runc's securejoin semantics) and mounted on through
+//! `/proc/self/fd/N`: an image's symlink (`/var/run -> /run`, `up -> ../../..`) can never send a
+//! mount, a created directory or a device node into the guest's own root. Bind sources below the
+//! pod share are opened without following any symlink.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::os::fd::RawFd;
 
 use super::mounts::PlannedMount;
+use super::scoped_path::{self, FdPath, Leaf};
 use super::steps::Step;
 use crate::child_report::{errno, fail, fail_item};
 
@@ -16,12 +23,11 @@ pub struct RootfsPlan {
     /// `lowerdir=<image>,upperdir=..,workdir=..`.
     pub overlay_data: CString,
     pub mounts: Vec<PlannedMount>,
-    /// Character devices bound from the guest's /dev: (source, target below the new root).
+    /// Character devices bound from the guest's /dev: (source, target relative to the new
+    /// root, e.g. `dev/null`).
     pub devices: Vec<(CString, CString)>,
-    /// Symbolic links to make: (link text, path below the new root).
+    /// Symbolic links to make: (link text, path relative to the new root, e.g. `dev/ptmx`).
     pub symlinks: Vec<(CString, CString)>,
-    /// Where pivot_root puts the old root, below the new root.
-    pub put_old: CString,
     /// Inside the new root: (/proc/sys path, value).
     pub sysctls: Vec<(CString, CString)>,
     pub readonly_paths: Vec<CString>,
@@ -31,10 +37,26 @@ pub struct RootfsPlan {
     pub hostname: Option<CString>,
 }
 
+/// Reports `step` failed on `item` with the errno `err` (from a function that returns it
+/// rather than leaving it in errno), and exits.
+fn fail_with(report: RawFd, step: Step, item: usize, err: i32) -> ! {
+    // SAFETY: writes the calling thread's errno, which fail_item reads.
+    unsafe { *libc::__errno_location() = err };
+    fail_item(report, step.index(), item)
+}
+
+fn close(fd: RawFd) {
+    if fd >= 0 {
+        // SAFETY: closes a descriptor this child opened.
+        unsafe { libc::close(fd) };
+    }
+}
+
 /// Before the switch: private mounts, the overlay, the spec's mounts, /dev, then the switch.
 pub fn build_root(plan: &RootfsPlan, report: RawFd) {
     let null = std::ptr::null::<libc::c_char>();
-    // SAFETY: mount/mkdir/open/symlink on C strings prepared before the fork.
+    // SAFETY: mount/open/symlinkat on C strings and descriptors prepared before the fork or
+    // opened here.
     unsafe {
         if libc::mount(
             null,
@@ -56,21 +78,23 @@ pub fn build_root(plan: &RootfsPlan, report: RawFd) {
         {
             fail(report, Step::MountRootfs.index());
         }
+        // Opened after the overlay mount, so that it names the overlay's root.
+        let root = libc::open(
+            plan.root.as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        );
+        if root < 0 {
+            fail(report, Step::MountRootfs.index());
+        }
         for (i, m) in plan.mounts.iter().enumerate() {
-            mount_one(m, i, report);
+            mount_one(root, m, i, report);
         }
         for (i, (source, target)) in plan.devices.iter().enumerate() {
-            let fd = libc::open(
-                target.as_ptr(),
-                libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC,
-                0o666,
-            );
-            if fd >= 0 {
-                libc::close(fd);
-            }
+            let fd = scoped_path::open_in_root(root, target.to_bytes(), Some(Leaf::File))
+                .unwrap_or_else(|e| fail_with(report, Step::BindDevice, i, e));
             if libc::mount(
                 source.as_ptr(),
-                target.as_ptr(),
+                FdPath::new(fd).as_c_str().as_ptr(),
                 null,
                 libc::MS_BIND,
                 null.cast(),
@@ -78,107 +102,140 @@ pub fn build_root(plan: &RootfsPlan, report: RawFd) {
             {
                 fail_item(report, Step::BindDevice.index(), i);
             }
+            close(fd);
         }
         for (text, path) in &plan.symlinks {
-            libc::symlink(text.as_ptr(), path.as_ptr());
+            make_symlink(root, text, path);
         }
+        switch_root(root, report);
     }
-    switch_root(plan, report);
 }
 
-/// Makes the target (directory, or empty file for a file bind) and mounts `m`.
-fn mount_one(m: &PlannedMount, index: usize, report: RawFd) {
+/// `text` as a symlink at `path` (relative to `root`), its directory resolved in the root.
+/// Failures are ignored, as runc does for the /dev links.
+fn make_symlink(root: RawFd, text: &CStr, path: &CStr) {
+    let bytes = path.to_bytes_with_nul();
+    let (dir, name) = match bytes.iter().rposition(|&b| b == b'/') {
+        Some(slash) => (&bytes[..slash], &bytes[slash + 1..]),
+        None => (&b"."[..], bytes),
+    };
+    let Ok(name) = CStr::from_bytes_with_nul(name) else {
+        return;
+    };
+    if let Ok(fd) = scoped_path::open_in_root(root, dir, None) {
+        // SAFETY: symlinkat on NUL-terminated strings in a directory descriptor.
+        unsafe { libc::symlinkat(text.as_ptr(), fd, name.as_ptr()) };
+        close(fd);
+    }
+}
+
+/// Makes the target (directory, or empty file for a file bind) inside `root` and mounts `m`
+/// on it; then the remount and propagation change, on the mount just made.
+fn mount_one(root: RawFd, m: &PlannedMount, index: usize, report: RawFd) {
     let null = std::ptr::null::<libc::c_char>();
-    // SAFETY: mkdir/open/mount on C strings prepared before the fork.
-    unsafe {
-        if m.file_target {
-            let fd = libc::open(
-                m.target.as_ptr(),
-                libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC,
-                0o644,
-            );
-            if fd >= 0 {
-                libc::close(fd);
+    let mut file_target = m.file_target;
+    let source_fd = match &m.scoped_source {
+        Some(scoped) => match scoped_path::open_beneath_no_symlinks(&scoped.base, &scoped.path) {
+            Ok(fd) => {
+                file_target = !scoped_path::is_dir(fd);
+                fd
             }
-        } else {
-            make_dirs(&m.target);
-        }
-        let data = if m.data.is_empty() {
-            null.cast()
-        } else {
-            m.data.as_ptr().cast()
-        };
-        let fstype = if m.fstype.is_empty() {
-            null
-        } else {
-            m.fstype.as_ptr()
-        };
-        if libc::mount(m.source.as_ptr(), m.target.as_ptr(), fstype, m.flags, data) != 0 {
+            Err(e) => fail_with(report, Step::MountSource, index, e),
+        },
+        None => -1,
+    };
+    let leaf = if file_target { Leaf::File } else { Leaf::Dir };
+    let target = scoped_path::open_in_root(root, m.target.to_bytes(), Some(leaf))
+        .unwrap_or_else(|e| fail_with(report, Step::MountTarget, index, e));
+    let source_path = FdPath::new(source_fd);
+    let source = if source_fd >= 0 {
+        source_path.as_c_str()
+    } else {
+        m.source.as_c_str()
+    };
+    let data = if m.data.is_empty() {
+        null.cast()
+    } else {
+        m.data.as_ptr().cast()
+    };
+    let fstype = if m.fstype.is_empty() {
+        null
+    } else {
+        m.fstype.as_ptr()
+    };
+    // SAFETY: mount on C strings prepared before the fork or formatted on the stack.
+    unsafe {
+        let target_path = FdPath::new(target);
+        if libc::mount(
+            source.as_ptr(),
+            target_path.as_c_str().as_ptr(),
+            fstype,
+            m.flags,
+            data,
+        ) != 0
+        {
             fail_item(report, Step::Mount.index(), index);
         }
+    }
+    close(target);
+    close(source_fd);
+    if m.remount_flags == 0 && m.propagation == 0 {
+        return;
+    }
+    // The descriptor opened before names the directory below the new mount: open it again.
+    let top = scoped_path::open_in_root(root, m.target.to_bytes(), None)
+        .unwrap_or_else(|e| fail_with(report, Step::MountTarget, index, e));
+    let top_path = FdPath::new(top);
+    let top_path = top_path.as_c_str().as_ptr();
+    // SAFETY: mount on a path formatted on the stack.
+    unsafe {
         if m.remount_flags != 0
-            && libc::mount(null, m.target.as_ptr(), null, m.remount_flags, null.cast()) != 0
+            && libc::mount(null, top_path, null, m.remount_flags, null.cast()) != 0
         {
             fail_item(report, Step::Remount.index(), index);
         }
-        if m.propagation != 0
-            && libc::mount(null, m.target.as_ptr(), null, m.propagation, null.cast()) != 0
+        if m.propagation != 0 && libc::mount(null, top_path, null, m.propagation, null.cast()) != 0
         {
             fail_item(report, Step::Propagation.index(), index);
         }
     }
+    close(top);
 }
 
-/// mkdir -p, in place on a copy of the path's bytes (no allocation: fixed buffer).
-fn make_dirs(path: &CString) {
-    let bytes = path.as_bytes_with_nul();
-    let mut buf = [0u8; 4096];
-    if bytes.len() > buf.len() {
-        return;
-    }
-    buf[..bytes.len()].copy_from_slice(bytes);
-    for i in 1..bytes.len() - 1 {
-        if buf[i] == b'/' {
-            buf[i] = 0;
-            // SAFETY: buf holds a NUL-terminated prefix of the path.
-            unsafe { libc::mkdir(buf.as_ptr().cast(), 0o755) };
-            buf[i] = b'/';
-        }
-    }
-    // SAFETY: the whole NUL-terminated path.
-    unsafe { libc::mkdir(buf.as_ptr().cast(), 0o755) };
-}
-
-/// pivot_root into the new root; on the initramfs (which cannot be pivoted away from) move
-/// the new root over / and chroot, as runc's --no-pivot does.
-fn switch_root(plan: &RootfsPlan, report: RawFd) {
+/// pivot_root into the new root (`root`, the overlay's root) with runc's `pivot_root(".",
+/// ".")`, which needs no directory for the old root inside the image; on the initramfs (which
+/// cannot be pivoted away from) move the new root over / and chroot, as runc's --no-pivot does.
+fn switch_root(root: RawFd, report: RawFd) {
     let null = std::ptr::null::<libc::c_char>();
     let step = Step::RootSwitch.index();
-    // SAFETY: mkdir/pivot_root/chdir/umount/mount/chroot on prepared C strings.
+    // SAFETY: open/fchdir/pivot_root/umount/mount/chroot on descriptors opened here and
+    // literal C strings.
     unsafe {
-        libc::mkdir(plan.put_old.as_ptr(), 0o700);
-        if libc::syscall(
-            libc::SYS_pivot_root,
-            plan.root.as_ptr(),
-            plan.put_old.as_ptr(),
-        ) == 0
-        {
-            if libc::chdir(c"/".as_ptr()) != 0
-                || libc::umount2(c"/.oldroot".as_ptr(), libc::MNT_DETACH) != 0
+        let old_root = libc::open(
+            c"/".as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        );
+        if old_root < 0 || libc::fchdir(root) != 0 {
+            fail(report, step);
+        }
+        if libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) == 0 {
+            // The old root is now mounted on top of the new one: detach it (everything is
+            // private since MakePrivate, so nothing propagates back to the guest).
+            if libc::fchdir(old_root) != 0
+                || libc::umount2(c".".as_ptr(), libc::MNT_DETACH) != 0
+                || libc::chdir(c"/".as_ptr()) != 0
             {
                 fail(report, step);
             }
-            libc::rmdir(c"/.oldroot".as_ptr());
         } else if errno() == libc::EINVAL {
-            libc::rmdir(plan.put_old.as_ptr());
-            if libc::chdir(plan.root.as_ptr()) != 0
-                || libc::mount(
-                    c".".as_ptr(),
-                    c"/".as_ptr(),
-                    null,
-                    libc::MS_MOVE,
-                    null.cast(),
-                ) != 0
+            // The working directory is the new root.
+            if libc::mount(
+                c".".as_ptr(),
+                c"/".as_ptr(),
+                null,
+                libc::MS_MOVE,
+                null.cast(),
+            ) != 0
                 || libc::chroot(c".".as_ptr()) != 0
                 || libc::chdir(c"/".as_ptr()) != 0
             {
@@ -187,6 +244,8 @@ fn switch_root(plan: &RootfsPlan, report: RawFd) {
         } else {
             fail(report, step);
         }
+        close(old_root);
+        close(root);
     }
 }
 

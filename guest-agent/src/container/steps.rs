@@ -12,6 +12,8 @@ pub enum Step {
     Stdio,
     MakePrivate,
     MountRootfs,
+    MountSource,
+    MountTarget,
     Mount,
     Remount,
     Propagation,
@@ -39,7 +41,7 @@ pub enum Step {
 }
 
 /// Names of the steps, by index.
-pub const STEP_NAMES: [&str; 31] = [
+pub const STEP_NAMES: [&str; 33] = [
     "setns",
     "unshare",
     "cgroup placement",
@@ -47,6 +49,8 @@ pub const STEP_NAMES: [&str; 31] = [
     "stdio setup",
     "making / private",
     "rootfs overlay mount",
+    "opening the bind source below the pod share (no symlink may be on its way)",
+    "resolving the mount target inside the rootfs (symlinks stay inside; no magic links)",
     "mount",
     "bind remount",
     "mount propagation",
@@ -89,5 +93,6 @@ mod tests {
         assert_eq!(STEP_NAMES[Step::Execve.index()], "execve");
         assert_eq!(Step::Execve.index() + 1, STEP_NAMES.len());
         assert_eq!(STEP_NAMES[Step::Capabilities.index()], "capset");
+        assert_eq!(STEP_NAMES[Step::Mount.index()], "mount");
     }
 }
