@@ -136,6 +136,7 @@ fn sandbox_status(err: &SandboxError) -> ttrpc::Error {
         SandboxError::Timeout { .. } => Code::DEADLINE_EXCEEDED,
         SandboxError::Launch { .. }
         | SandboxError::Io { .. }
+        | SandboxError::Volume { .. }
         | SandboxError::Pause(_)
         | SandboxError::PauseStuck { .. } => Code::INTERNAL,
     };

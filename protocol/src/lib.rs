@@ -72,6 +72,19 @@ impl StdioAttachStatus {
 /// `/run/nutshell`, where the agent keeps per-sandbox scratch by sandbox id.
 pub const GUEST_SHARE_MOUNT_POINT: &str = "/run/nutshell-share";
 
+/// Where the agent mounts a sandbox's guest tmpfs volumes (`GuestTmpfsVolume` in
+/// `proto/agent.proto`: emptyDir with `medium: Memory`), one directory per sandbox id:
+/// see [`guest_tmpfs_volume_path`]. Beside the share, not in it: nothing of it is on the host.
+pub const GUEST_TMPFS_VOLUMES_DIR: &str = "/run/nutshell-volumes";
+
+/// The guest path of tmpfs volume `name` of sandbox `sandbox_id`:
+/// `/run/nutshell-volumes/<sandbox_id>/<name>`; `None` when either is not an id
+/// ([`ID_RULE`]), since each names one directory.
+pub fn guest_tmpfs_volume_path(sandbox_id: &str, name: &str) -> Option<String> {
+    (is_valid_id(sandbox_id) && is_valid_id(name))
+        .then(|| format!("{GUEST_TMPFS_VOLUMES_DIR}/{sandbox_id}/{name}"))
+}
+
 /// Every capability of the guest kernel (Linux 6.1) by number (`CAP_CHOWN` is 0): what a
 /// privileged container gets, and how the agent turns names into bits.
 pub const LINUX_CAPABILITIES: [&str; 41] = [
@@ -139,3 +152,24 @@ pub const PROTOCOL_VERSION: u32 = 1;
 
 /// Fully qualified ttrpc service name, as it appears on the wire.
 pub const AGENT_SERVICE_NAME: &str = "nutshell.agent.v1.Agent";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tmpfs_volume_paths_are_one_component_each() {
+        assert_eq!(
+            guest_tmpfs_volume_path("demo", "cache").as_deref(),
+            Some("/run/nutshell-volumes/demo/cache")
+        );
+        for (sandbox, name) in [("demo", ".."), ("demo", "a/b"), ("", "cache"), ("..", "x")] {
+            assert_eq!(
+                guest_tmpfs_volume_path(sandbox, name),
+                None,
+                "{sandbox:?} {name:?}"
+            );
+        }
+        assert!(!GUEST_TMPFS_VOLUMES_DIR.starts_with(GUEST_SHARE_MOUNT_POINT));
+    }
+}

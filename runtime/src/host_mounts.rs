@@ -29,30 +29,6 @@ fn mount_error(
     }
 }
 
-/// overlayfs at `target`: `lower` top layer first, writes to `upper` (with `work` beside it).
-pub fn mount_overlay(
-    lower: &[PathBuf],
-    upper: &Path,
-    work: &Path,
-    target: &Path,
-) -> Result<(), RuntimeError> {
-    let lowerdir: Vec<String> = lower.iter().map(|p| p.display().to_string()).collect();
-    let data = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        lowerdir.join(":"),
-        upper.display(),
-        work.display()
-    );
-    mount(
-        Some("overlay"),
-        target,
-        Some("overlay"),
-        MsFlags::empty(),
-        Some(data.as_str()),
-    )
-    .map_err(mount_error("mount the rootfs overlay on", target))
-}
-
 /// overlayfs on the opened `target` in the share (`nodev,nosuid`): `lower` top layer first,
 /// writes to `upper` (with `work` beside it); both outside the share.
 pub fn overlay_beneath(
@@ -130,45 +106,6 @@ pub fn seal_share(share: &Path) -> Result<(), RuntimeError> {
         None::<&str>,
     )
     .map_err(mount_error("set nodev,nosuid on the share", share))
-}
-
-/// Binds `source` at `target` (recursively), read-only when asked.
-pub fn bind(source: &Path, target: &Path, read_only: bool) -> Result<(), RuntimeError> {
-    mount(
-        Some(source),
-        target,
-        None::<&str>,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        None::<&str>,
-    )
-    .map_err(mount_error("bind a volume on", target))?;
-    if read_only {
-        mount(
-            None::<&str>,
-            target,
-            None::<&str>,
-            MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY,
-            None::<&str>,
-        )
-        .map_err(mount_error("make read-only the volume on", target))?;
-    }
-    Ok(())
-}
-
-/// A tmpfs of at most `size_bytes` at `target`.
-pub fn mount_tmpfs(target: &Path, size_bytes: Option<u64>) -> Result<(), RuntimeError> {
-    let data = match size_bytes {
-        Some(size) => format!("mode=0777,size={size}"),
-        None => "mode=0777".to_string(),
-    };
-    mount(
-        Some("tmpfs"),
-        target,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some(data.as_str()),
-    )
-    .map_err(mount_error("mount a memory emptyDir on", target))
 }
 
 /// Decodes the octal escapes (`\040` for a space) of a mountinfo path.
@@ -290,11 +227,12 @@ mod tests {
         std::fs::write(root.join("lower1/a"), "top").unwrap();
         std::fs::write(root.join("lower2/a"), "bottom").unwrap();
         std::fs::write(root.join("lower2/b"), "b").unwrap();
-        mount_overlay(
+        let at = |d: &str| open_below(root, &root.join(d), Leaf::Dir, false).unwrap();
+        overlay_beneath(
             &[root.join("lower1"), root.join("lower2")],
             &root.join("upper"),
             &root.join("work"),
-            &root.join("merged"),
+            &at("merged"),
         )
         .expect("overlay (the tests run as root)");
         assert_eq!(
@@ -303,7 +241,7 @@ mod tests {
         );
         std::fs::write(root.join("merged/c"), "new").unwrap();
         assert!(root.join("upper/c").exists());
-        bind(&root.join("src"), &root.join("ro"), true).unwrap();
+        bind_beneath(&root.join("src"), &at("ro"), true).unwrap();
         assert!(
             std::fs::write(root.join("ro/x"), "x").is_err(),
             "read-only bind"

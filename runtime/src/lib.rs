@@ -6,9 +6,11 @@
 //!   the pod's /etc files, and taking them down;
 //! * [`share_path`]: walking the guest-writable share without following its symlinks;
 //! * [`vm`]: starting the VMM and reaching its agent;
+//! * [`host_cgroup`]: the host cgroup the VMM runs in, sized from the pod;
 //! * [`pod`]: a pod from its plan to running containers, and its teardown;
 //! * [`supervisor`]: the process that keeps a pod: logs, waits, restarts, stop.
 
+pub mod host_cgroup;
 pub mod host_mounts;
 pub mod pod;
 pub mod pod_dirs;
@@ -51,6 +53,9 @@ pub enum RuntimeError {
     Agent(String),
     #[error("pod {pod:?}: {reason}")]
     Pod { pod: String, reason: String },
+    /// A host cgroup's `file` (or directory, or path) and what went wrong with it.
+    #[error("host cgroup {file}: {problem}")]
+    HostCgroup { file: PathBuf, problem: String },
 }
 
 impl RuntimeError {

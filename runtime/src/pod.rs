@@ -1,9 +1,10 @@
 //! One pod from its manifest to running containers, and back to nothing.
 //!
 //! `run` validates the manifest, resolves the images and writes [`Launch`] next to a copy of
-//! the manifest; the supervisor then calls [`start`], which provides the share, boots the VM,
-//! creates the sandbox and the containers. Any failure on the way, and every stop, ends in
-//! [`teardown`], which leaves no VM, mount or share directory behind.
+//! the manifest; the supervisor then calls [`start`], which provides the share, boots the VM
+//! (its VMM in the host cgroup `/nutshell/<pod>`, sized from the VM), creates the sandbox and
+//! the containers. Any failure on the way, and every stop, ends in [`teardown`], which leaves
+//! no VM, mount, share directory or host cgroup behind.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,6 +17,7 @@ use nutshell_protocol::agent::{CreateContainerRequest, DestroySandboxRequest};
 use nutshell_protocol::AgentClient;
 use serde::{Deserialize, Serialize};
 
+use crate::host_cgroup::{self, HostCgroup, Overhead};
 use crate::pod_dirs::PodDirs;
 use crate::share;
 use crate::vm::{self, VmSpec};
@@ -27,6 +29,8 @@ pub const AGENT_TIMEOUT: Duration = Duration::from_secs(60);
 pub const CALL: Duration = Duration::from_secs(30);
 /// Name of the manifest copy in the pod directory.
 pub const MANIFEST_FILE: &str = "pod.yaml";
+/// The host cgroup of a pod's VMM is `<this>/<pod>`.
+pub const HOST_CGROUP_PARENT: &str = "/nutshell";
 
 /// What `run` decided, for the supervisor (`launch.json`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -134,6 +138,8 @@ fn start_inner(
     store: &ImageStore,
     vmm: &mut Option<Child>,
 ) -> Result<AgentClient, RuntimeError> {
+    // The share is sealed nodev,nosuid before anything goes in (see `host_mounts`).
+    crate::host_mounts::seal_share(&dirs.share())?;
     share::write_pod_files(dirs, &plan.files)?;
     for volume in &plan.volumes {
         let read_only = plan.containers.iter().all(|c| {
@@ -151,13 +157,21 @@ fn start_inner(
         })?;
         share::mount_rootfs(dirs, &container.id, &store.lower_dirs(image)?)?;
     }
-    *vmm = Some(vm::spawn(&launch.vm, dirs, &dirs.supervisor_log())?);
+    let cgroup = create_host_cgroup(dirs, &plan.sandbox.sandbox_id, &launch.vm)?;
+    *vmm = Some(vm::spawn(
+        &launch.vm,
+        dirs,
+        &dirs.supervisor_log(),
+        Some(&cgroup),
+    )?);
     let agent = vm::agent(dirs, AGENT_TIMEOUT)?;
     agent
-        .create_sandbox(&plan.sandbox.to_request(), CALL)
+        .create_sandbox(&share::sandbox_request(plan), CALL)
         .map_err(|e| RuntimeError::agent("CreateSandbox", e))?;
     for container in &mut plan.containers {
-        container.resolve_mounts(|m| share::guest_source(dirs, m))?;
+        container.resolve_mounts(|m| {
+            share::guest_source(dirs, &plan.sandbox.sandbox_id, &plan.volumes, m)
+        })?;
         let request: CreateContainerRequest = container.to_request(
             &plan.sandbox.sandbox_id,
             &PodDirs::guest_rootfs(&container.id),
@@ -169,9 +183,25 @@ fn start_inner(
     Ok(agent)
 }
 
+/// The file recording the pod's host cgroup.
+pub fn host_cgroup_record(dirs: &PodDirs) -> PathBuf {
+    dirs.root.join(host_cgroup::RECORD_FILE)
+}
+
+/// Creates the host cgroup of the pod's VMM, `/nutshell/<pod>` sized from `vm` with the
+/// default overhead, and records it in the pod directory, where [`teardown`] (in whatever
+/// process) finds it.
+fn create_host_cgroup(dirs: &PodDirs, pod: &str, vm: &VmSpec) -> Result<HostCgroup, RuntimeError> {
+    let path = Path::new(HOST_CGROUP_PARENT).join(pod);
+    let mut cgroup = HostCgroup::plan(&path, vm.host_limits(Overhead::default()))?;
+    cgroup.create_recorded(&host_cgroup_record(dirs))?;
+    Ok(cgroup)
+}
+
 /// Takes the pod down: the sandbox (when the agent is reachable), the VM (asked to power off,
-/// killed after a grace period), every mount of the share, and the share itself. Best effort
-/// at every step, so that it can clean up after any failure; returns what it could not do.
+/// killed after a grace period), its host cgroup, every mount of the share, and the share
+/// itself. Best effort at every step, so that it can clean up after any failure; returns what
+/// it could not do.
 pub fn teardown(
     dirs: &PodDirs,
     vmm: Option<&mut Child>,
@@ -190,6 +220,8 @@ pub fn teardown(
     if let Some(child) = vmm {
         stop_vmm(child, Duration::from_secs(10));
     }
+    // Once the VMM is gone (a VMM that is not this process's child was killed by the caller).
+    problems.extend(host_cgroup::remove_recorded(&host_cgroup_record(dirs)));
     if let Err(e) = crate::host_mounts::unmount_all_below(&dirs.root) {
         problems.push(e.to_string());
     }

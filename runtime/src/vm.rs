@@ -1,6 +1,7 @@
 //! Starting a pod's VM: `nutshell-vmm` with the guest kernel and initramfs, the hybrid vsock
 //! socket and the virtio-fs share, in its own session so a terminal's Ctrl-C reaches the
-//! runtime (which tears down in order) rather than the VMM.
+//! runtime (which tears down in order) rather than the VMM, and in the pod's host cgroup
+//! ([`crate::host_cgroup`], sized by [`VmSpec::host_limits`]) from its first instruction.
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -10,6 +11,7 @@ use std::time::Duration;
 use nutshell_protocol::{AgentClient, AGENT_VSOCK_PORT};
 use serde::{Deserialize, Serialize};
 
+use crate::host_cgroup::{HostCgroup, Limits, Overhead};
 use crate::pod_dirs::{PodDirs, SHARE_TAG};
 use crate::RuntimeError;
 
@@ -41,6 +43,12 @@ impl VmSpec {
         }
         Ok(())
     }
+
+    /// The limits of the host cgroup of a VMM running this VM: its memory and one core per
+    /// vCPU, plus the VMM's `overhead`.
+    pub fn host_limits(&self, overhead: Overhead) -> Limits {
+        Limits::for_vm(self.mem_mib, self.vcpus, overhead)
+    }
 }
 
 /// Guest memory for a pod: its containers' memory limits plus room for the guest kernel and
@@ -57,8 +65,14 @@ pub fn size_vcpus(limit_millicores: u64) -> u32 {
         .clamp(1, 32)
 }
 
-/// Spawns the VMM of the pod in `dirs`; its stderr goes to `stderr_log`.
-pub fn spawn(spec: &VmSpec, dirs: &PodDirs, stderr_log: &Path) -> Result<Child, RuntimeError> {
+/// Spawns the VMM of the pod in `dirs`; its stderr goes to `stderr_log`. With a `cgroup`
+/// (created), the VMM joins it before it runs.
+pub fn spawn(
+    spec: &VmSpec,
+    dirs: &PodDirs,
+    stderr_log: &Path,
+    cgroup: Option<&HostCgroup>,
+) -> Result<Child, RuntimeError> {
     spec.check()?;
     let stderr = std::fs::OpenOptions::new()
         .create(true)
@@ -85,6 +99,9 @@ pub fn spawn(spec: &VmSpec, dirs: &PodDirs, stderr_log: &Path) -> Result<Child, 
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(stderr);
+    if let Some(cgroup) = cgroup {
+        cgroup.join_on_exec(&mut cmd)?;
+    }
     // SAFETY: setsid(2) in the forked child before exec; async-signal-safe.
     unsafe {
         cmd.pre_exec(|| {
@@ -92,7 +109,21 @@ pub fn spawn(spec: &VmSpec, dirs: &PodDirs, stderr_log: &Path) -> Result<Child, 
             Ok(())
         });
     }
-    cmd.spawn().map_err(RuntimeError::io("start", &spec.vmm))
+    cmd.spawn().map_err(|e| match cgroup {
+        // The error may come from joining the cgroup in the child: say so.
+        Some(cgroup) => RuntimeError::Io {
+            what: "start",
+            path: spec.vmm.clone(),
+            source: std::io::Error::new(
+                e.kind(),
+                format!(
+                    "{e} (exec, or joining host cgroup {})",
+                    cgroup.path().display()
+                ),
+            ),
+        },
+        None => RuntimeError::io("start", &spec.vmm)(e),
+    })
 }
 
 /// Connects to the agent of the VM behind `dirs`.
@@ -111,6 +142,23 @@ mod tests {
         assert_eq!(size_memory(512 << 20, 256), 608);
         assert_eq!(size_vcpus(0), 1);
         assert_eq!(size_vcpus(1500), 2);
+    }
+
+    #[test]
+    fn the_host_cgroup_holds_the_vm_and_the_overhead() {
+        let spec = VmSpec {
+            vmm: PathBuf::from("/bin/true"),
+            kernel: PathBuf::from("/bin/true"),
+            initrd: PathBuf::from("/bin/true"),
+            mem_mib: 608,
+            vcpus: 2,
+        };
+        let limits = spec.host_limits(Overhead::default());
+        assert_eq!(limits.memory_bytes, (608 + 64) << 20);
+        assert_eq!(
+            (limits.cpu_quota_us, limits.cpu_period_us),
+            (225_000, 100_000)
+        );
     }
 
     #[test]

@@ -17,12 +17,25 @@
 //! default_vcpus = 1
 //! state_dir = "/run/nutshell-shim"
 //! log_level = "info"
+//! host_cgroups = true
+//! overhead_memory_mib = 64
+//! overhead_millicores = 250
 //! ```
+//!
+//! `host_cgroups`: the VMM of each pod runs in a host cgroup (as Kata's
+//! `sandbox_cgroup_only`): the sandbox container's `linux.cgroupsPath` (a cgroupfs path as
+//! it is, the systemd form `slice:prefix:name` as `<slice path>/<prefix>-<name>.scope`), else
+//! `/nutshell/<namespace>-<sandbox id>`. Its memory limit is the VM's memory plus
+//! `overhead_memory_mib`, its cpu quota the VM's vCPUs (a core each) plus
+//! `overhead_millicores`, over a 100 ms period; the defaults are
+//! [`nutshell_runtime::host_cgroup::DEFAULT_OVERHEAD_MEMORY_MIB`] and
+//! [`nutshell_runtime::host_cgroup::DEFAULT_OVERHEAD_MILLICORES`] (why, there).
 
 use std::path::{Path, PathBuf};
 
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use containerd_shim::protos::protobuf::{rt::WireType, CodedInputStream};
+use nutshell_runtime::host_cgroup::{Limits, Overhead};
 use nutshell_runtime::vm::VmSpec;
 use serde::Deserialize;
 
@@ -53,6 +66,10 @@ pub struct ShimConfig {
     /// Pod directories live under `<state_dir>/<namespace>/pods/<sandbox id>`.
     pub state_dir: PathBuf,
     pub log_level: String,
+    /// Whether each pod's VMM runs in a host cgroup sized from its VM.
+    pub host_cgroups: bool,
+    /// What the VMM gets in its host cgroup beyond its VM.
+    pub overhead: Overhead,
     /// The file the settings came from, if any.
     pub file: Option<PathBuf>,
 }
@@ -68,6 +85,9 @@ struct ConfigFile {
     default_vcpus: Option<u32>,
     state_dir: Option<PathBuf>,
     log_level: Option<String>,
+    host_cgroups: Option<bool>,
+    overhead_memory_mib: Option<u64>,
+    overhead_millicores: Option<u64>,
 }
 
 impl ShimConfig {
@@ -89,6 +109,8 @@ impl ShimConfig {
             default_vcpus: 1,
             state_dir: path(ENV_STATE_DIR, PathBuf::from(DEFAULT_STATE_DIR)),
             log_level: "info".into(),
+            host_cgroups: true,
+            overhead: Overhead::default(),
             file: None,
         }
     }
@@ -128,6 +150,11 @@ impl ShimConfig {
         if file.default_vcpus.is_some_and(|v| v == 0 || v > 32) {
             return Err(bad("default_vcpus must be 1..=32".into()));
         }
+        if file.overhead_memory_mib.is_some_and(|m| m < 16) {
+            return Err(bad(
+                "overhead_memory_mib must be at least 16 (the VMM's own memory)".into(),
+            ));
+        }
         self.vmm = file.vmm.unwrap_or(self.vmm);
         self.kernel = file.kernel.unwrap_or(self.kernel);
         self.initrd = file.initrd.unwrap_or(self.initrd);
@@ -135,6 +162,9 @@ impl ShimConfig {
         self.default_vcpus = file.default_vcpus.unwrap_or(self.default_vcpus);
         self.state_dir = file.state_dir.unwrap_or(self.state_dir);
         self.log_level = file.log_level.unwrap_or(self.log_level);
+        self.host_cgroups = file.host_cgroups.unwrap_or(self.host_cgroups);
+        self.overhead.memory_mib = file.overhead_memory_mib.unwrap_or(self.overhead.memory_mib);
+        self.overhead.millicores = file.overhead_millicores.unwrap_or(self.overhead.millicores);
         self.file = Some(path.to_path_buf());
         Ok(self)
     }
@@ -148,6 +178,11 @@ impl ShimConfig {
             mem_mib: nutshell_runtime::vm::size_memory(memory_limit, self.default_memory_mib),
             vcpus: nutshell_runtime::vm::size_vcpus(cpu_millis).max(self.default_vcpus),
         }
+    }
+
+    /// The host cgroup limits of a VMM running `vm`.
+    pub fn host_limits(&self, vm: &VmSpec) -> Limits {
+        vm.host_limits(self.overhead)
     }
 }
 
@@ -208,6 +243,28 @@ mod tests {
         assert_eq!(config.file.as_deref(), Some(Path::new("/c.toml")));
         let spec = config.vm_spec(1 << 30, 1500);
         assert_eq!((spec.mem_mib, spec.vcpus), (1024 + 96, 2));
+        assert!(config.host_cgroups);
+        assert_eq!(config.overhead, Overhead::default());
+    }
+
+    #[test]
+    fn host_cgroups_are_configured() {
+        let config = ShimConfig::from_env(|_| None)
+            .with_toml(
+                "host_cgroups = false\noverhead_memory_mib = 32\noverhead_millicores = 100\n",
+                Path::new("/c.toml"),
+            )
+            .unwrap();
+        assert!(!config.host_cgroups);
+        let spec = config.vm_spec(0, 0);
+        let limits = config.host_limits(&spec);
+        assert_eq!(limits.memory_bytes, (256 + 32) << 20);
+        assert_eq!(limits.cpu_quota_us, 110_000);
+        let err = ShimConfig::from_env(|_| None)
+            .with_toml("overhead_memory_mib = 1", Path::new("/c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("overhead_memory_mib"), "{err}");
     }
 
     #[test]

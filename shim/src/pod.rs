@@ -1,7 +1,10 @@
 //! The pod's VM as the shim keeps it: booted for the first container (standalone or CRI
 //! sandbox), watched by a thread that reaps the VMM, and taken down with the sandbox. The
-//! VMM's pid is kept in the pod directory, and the pod directory's path in the bundle, so the
-//! `delete` subcommand can clean up after a shim that died.
+//! VMM runs in a host cgroup sized from its VM ([`spec::host_cgroup_path`], unless the
+//! config's `host_cgroups` is off), made before the VMM starts and removed after its end.
+//! The VMM's pid and the cgroup's record are kept in the pod directory, and the pod
+//! directory's path in the bundle, so the `delete` subcommand can clean up after a shim that
+//! died.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
@@ -12,7 +15,10 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use nutshell_protocol::agent::DestroySandboxRequest;
 use nutshell_protocol::AgentClient;
+use nutshell_runtime::host_cgroup::{self, HostCgroup};
+use nutshell_runtime::pod::host_cgroup_record;
 use nutshell_runtime::pod_dirs::PodDirs;
+use nutshell_runtime::vm::VmSpec;
 use nutshell_runtime::{host_mounts, vm};
 use oci_spec::runtime::Spec;
 
@@ -79,6 +85,7 @@ pub struct PodVm {
     pub agent: AgentClient,
     vmm_pid: i32,
     vmm_exit: VmmExit,
+    cgroup: Option<HostCgroup>,
 }
 
 impl PodVm {
@@ -111,7 +118,11 @@ impl PodVm {
                 )));
             }
         }
-        std::fs::create_dir_all(dirs.share()).map_err(ShimError::io("create", dirs.share()))?;
+        // The share is sealed nodev,nosuid before the guest can write it.
+        if let Err(e) = host_mounts::seal_share(&dirs.share()) {
+            remove_files(&dirs);
+            return Err(e.into());
+        }
         let (memory, cpu) = spec::pod_size(first);
         let vm_spec = config.vm_spec(memory, cpu);
         log::info!(
@@ -120,9 +131,18 @@ impl PodVm {
             vm_spec.vcpus,
             vm_spec.kernel.display()
         );
-        let mut child = match vm::spawn(&vm_spec, &dirs, &vmm_log(&dirs)) {
+        let cgroup = match create_host_cgroup(config, &dirs, first, namespace, sandbox_id, &vm_spec)
+        {
+            Ok(cgroup) => cgroup,
+            Err(e) => {
+                remove_files(&dirs);
+                return Err(e);
+            }
+        };
+        let mut child = match vm::spawn(&vm_spec, &dirs, &vmm_log(&dirs), cgroup.as_ref()) {
             Ok(child) => child,
             Err(e) => {
+                remove_cgroup(cgroup.as_ref(), sandbox_id);
                 remove_files(&dirs);
                 return Err(e.into());
             }
@@ -153,9 +173,11 @@ impl PodVm {
                 agent,
                 vmm_pid,
                 vmm_exit,
+                cgroup,
             }),
             Err(e) => {
                 stop_vmm(vmm_pid, &vmm_exit);
+                remove_cgroup(cgroup.as_ref(), sandbox_id);
                 for p in remove_files(&dirs) {
                     log::warn!("pod {sandbox_id}: {p}");
                 }
@@ -169,8 +191,9 @@ impl PodVm {
         status_of(&self.vmm_exit)
     }
 
-    /// Takes the pod down: the sandbox, the VM (powered off, killed after a grace period),
-    /// every mount of the share and the pod directory. Best effort; returns what failed.
+    /// Takes the pod down: the sandbox, the VM (powered off, killed after a grace period), its
+    /// host cgroup, every mount of the share and the pod directory. Best effort; returns what
+    /// failed.
     pub fn teardown(&self) -> Vec<String> {
         let mut problems = Vec::new();
         if self.vmm_status().is_none() {
@@ -184,6 +207,9 @@ impl PodVm {
             }
         }
         stop_vmm(self.vmm_pid, &self.vmm_exit);
+        if let Some(cgroup) = &self.cgroup {
+            problems.extend(cgroup.remove());
+        }
         problems.extend(remove_files(&self.dirs));
         problems
     }
@@ -208,6 +234,40 @@ fn stop_vmm(pid: i32, exit: &VmmExit) {
     if status_of(exit).is_none() {
         let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         wait_exit(exit, Duration::from_secs(10));
+    }
+}
+
+/// The host cgroup of the pod's VMM, created and recorded in the pod directory (`None` when
+/// the config turns host cgroups off).
+fn create_host_cgroup(
+    config: &ShimConfig,
+    dirs: &PodDirs,
+    first: &Spec,
+    namespace: &str,
+    sandbox_id: &str,
+    vm_spec: &VmSpec,
+) -> Result<Option<HostCgroup>> {
+    if !config.host_cgroups {
+        return Ok(None);
+    }
+    let path = spec::host_cgroup_path(first, namespace, sandbox_id)?;
+    let mut cgroup = HostCgroup::plan(&path, config.host_limits(vm_spec))?;
+    cgroup.create_recorded(&host_cgroup_record(dirs))?;
+    let limits = cgroup.limits();
+    log::info!(
+        "pod {sandbox_id}: host cgroup {} ({} MiB, cpu {}/{} µs)",
+        path.display(),
+        limits.memory_bytes >> 20,
+        limits.cpu_quota_us,
+        limits.cpu_period_us
+    );
+    Ok(Some(cgroup))
+}
+
+/// Removes the host cgroup of a VMM that is gone, logging what fails.
+fn remove_cgroup(cgroup: Option<&HostCgroup>, sandbox_id: &str) {
+    for problem in cgroup.map(HostCgroup::remove).unwrap_or_default() {
+        log::warn!("pod {sandbox_id}: {problem}");
     }
 }
 
@@ -271,8 +331,9 @@ fn is_pod_vmm(pid: i32, dirs: &PodDirs) -> bool {
         .any(|arg| arg == socket.as_os_str().as_encoded_bytes())
 }
 
-/// Cleans up a pod whose shim is gone: kills its VMM (found through `vmm.pid`), unmounts
-/// everything below the pod directory and removes it. Returns what it could not do.
+/// Cleans up a pod whose shim is gone: kills its VMM (found through `vmm.pid`), removes its
+/// host cgroup (as recorded in the pod directory), unmounts everything below the pod
+/// directory and removes it. Returns what it could not do.
 pub fn cleanup_dead(dirs: &PodDirs) -> Vec<String> {
     let mut problems = Vec::new();
     if let Some(pid) = std::fs::read_to_string(vmm_pid_file(dirs))
@@ -290,6 +351,7 @@ pub fn cleanup_dead(dirs: &PodDirs) -> Vec<String> {
             }
         }
     }
+    problems.extend(host_cgroup::remove_recorded(&host_cgroup_record(dirs)));
     problems.extend(remove_files(dirs));
     problems
 }

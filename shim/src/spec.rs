@@ -12,13 +12,15 @@
 //!   an app container's `/dev/shm` bind of the sandbox's shm becomes a tmpfs of its own (the
 //!   agent has no pod-wide shm; SysV shm and mqueues are shared through the ipc namespace).
 //! * dropped: `hooks` (they would run on the host), `linux.cgroupsPath` (the agent places the
-//!   container in its pod cgroup), `linux.devices` (host device nodes), AppArmor and SELinux
+//!   container in its pod cgroup; the first container's names the VMM's host cgroup,
+//!   [`host_cgroup_path`]), `linux.devices` (host device nodes), AppArmor and SELinux
 //!   labels (the guest has neither).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use nutshell_protocol::agent::{CreateSandboxRequest, NamespaceMode, NamespaceOptions};
+use nutshell_runtime::host_cgroup;
 use nutshell_runtime::pod_dirs::PodDirs;
 use oci_spec::runtime::{LinuxNamespaceType, Mount, Spec};
 
@@ -272,6 +274,8 @@ pub fn sandbox_request(spec: &Spec, sandbox_id: &str, namespace: &str) -> Create
     };
     options.pid = mode(LinuxNamespaceType::Pid, pid).into();
     req.namespace_options = Some(options).into();
+    // No guest tmpfs volumes (`tmpfs_volumes` stays empty): under CRI the kubelet mounts a
+    // Memory emptyDir on the host, and it reaches the guest as any other bind source.
     req
 }
 
@@ -300,6 +304,62 @@ pub fn pod_size(spec: &Spec) -> (u64, u64) {
     (memory, millis)
 }
 
+/// Where the VMM of a pod whose first container has `spec` runs on the host: the container's
+/// `linux.cgroupsPath` (as Kata's `sandbox_cgroup_only`, the sandbox's cgroup holds the whole
+/// VM), else `/nutshell/<namespace>-<sandbox id>`.
+pub fn host_cgroup_path(spec: &Spec, namespace: &str, sandbox_id: &str) -> Result<PathBuf> {
+    let given = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.cgroups_path().clone())
+        .filter(|p| !p.as_os_str().is_empty());
+    let path = match given {
+        Some(path) => {
+            let text = path.to_str().ok_or_else(|| {
+                ShimError::InvalidArgument(format!(
+                    "linux.cgroupsPath {} is not UTF-8",
+                    path.display()
+                ))
+            })?;
+            host_cgroup::from_oci(text)?
+        }
+        None => {
+            host_cgroup::validate_path(Path::new(&format!("/nutshell/{namespace}-{sandbox_id}")))?
+        }
+    };
+    Ok(path)
+}
+
 #[cfg(test)]
 #[path = "spec_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+mod host_cgroup_tests {
+    use super::*;
+
+    fn with_cgroups_path(path: Option<&str>) -> Spec {
+        let linux = match path {
+            Some(p) => format!(r#","linux": {{"cgroupsPath": "{p}"}}"#),
+            None => String::new(),
+        };
+        serde_json::from_str(&format!(r#"{{"ociVersion": "1.0.2"{linux}}}"#)).unwrap()
+    }
+
+    #[test]
+    fn the_vmm_runs_in_the_sandboxs_cgroup() {
+        let path = |p| host_cgroup_path(&with_cgroups_path(p), "k8s.io", "sb1").unwrap();
+        assert_eq!(
+            path(Some("/kubepods/pod1/sb1")),
+            Path::new("/kubepods/pod1/sb1")
+        );
+        assert_eq!(
+            path(Some("kubepods-pod1.slice:cri-containerd:sb1")),
+            Path::new("/kubepods.slice/kubepods-pod1.slice/cri-containerd-sb1.scope")
+        );
+        assert_eq!(path(None), Path::new("/nutshell/k8s.io-sb1"));
+        assert_eq!(path(Some("")), Path::new("/nutshell/k8s.io-sb1"));
+        let bad = host_cgroup_path(&with_cgroups_path(Some("/a/../b")), "k8s.io", "sb1");
+        assert!(bad.unwrap_err().to_string().contains("/a/../b"));
+    }
+}

@@ -346,6 +346,22 @@ state = "{d}/state"
         for pod in entries(&pods) {
             left.push(format!("pod directory {}/{pod}", pods.display()));
         }
+        // The VMMs' host cgroups (`/nutshell/...`, `/nutshell-e2e/<id>` from ctr's
+        // cgroupsPath): no cgroup directory named after nutshell may stay, a few levels down
+        // (v2; a v1 host's per-controller hierarchies are one level more).
+        let mut dirs = vec![(PathBuf::from("/sys/fs/cgroup"), 0)];
+        while let Some((dir, depth)) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    continue;
+                }
+                if entry.file_name().to_string_lossy().contains("nutshell") {
+                    left.push(format!("host cgroup {}", entry.path().display()));
+                } else if depth < 4 {
+                    dirs.push((entry.path(), depth + 1));
+                }
+            }
+        }
         left
     }
 

@@ -4,6 +4,7 @@
 //! hardware virtualization behind it, otherwise inside a nested L1 Linux under QEMU TCG.
 
 pub mod containerd;
+pub mod cri_client;
 pub mod ground;
 pub mod oci;
 pub mod pod_client;

@@ -1,4 +1,4 @@
-//! End to end (issue 6, acceptance 2 to 4): a Rust CRI client (`k8s-cri`, runtime API v1)
+//! End to end (issue 6, acceptance 2 to 5): a Rust CRI client (`k8s-cri`, runtime API v1)
 //! drives Debian's containerd 1.6, started standalone by the test (own root, state, socket and
 //! config, `restrict_oom_score_adj`, a CNI bridge of Debian's plugins, the busybox test image
 //! imported as the app image and, with `sleep` as its command, as the sandbox image).
@@ -12,30 +12,27 @@
 //! a container past its memory limit reported OOMKilled, then StopPodSandbox and
 //! RemovePodSandbox, after which no shim, VMM, mount, socket or pod directory is left. The two
 //! runtimes' observations are compared side by side.
+//!
+//! Acceptance 5 (nutshell only, runc has no VMM): `kill -9` of a running pod's `nutshell-vmm`;
+//! containerd sees both containers exit, and StopPodSandbox and RemovePodSandbox still leave
+//! nothing behind. The CRI client is the library's (`nutshell_tests::cri_client`), which
+//! `cargo xtask bench-cri` shares.
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use hyper_util::rt::TokioIo;
-use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
-    ContainerConfig, ContainerMetadata, ContainerState, ContainerStatsRequest,
-    ContainerStatusRequest, CreateContainerRequest, ExecSyncRequest, ImageSpec,
-    LinuxContainerConfig, LinuxContainerResources, LinuxContainerSecurityContext,
-    LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption,
-    PodSandboxConfig, PodSandboxMetadata, PodSandboxState, PodSandboxStatusRequest,
-    RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
-    StopContainerRequest, StopPodSandboxRequest, UpdateContainerResourcesRequest, VersionRequest,
+    ContainerStatsRequest, LinuxContainerResources, PodSandboxState,
+    UpdateContainerResourcesRequest,
 };
-use nutshell_tests::containerd::{build_shim, Containerd, CRI_NAMESPACE, ENV_SHIM, IMAGE};
+use nutshell_tests::containerd::{build_shim, ENV_SHIM};
+use nutshell_tests::cri_client::{
+    container_config, pod_config, pod_vmm, Cri, SeedPod, APP_SCRIPT, SIDECAR_SCRIPT,
+};
 use nutshell_tests::ground::Group;
 use nutshell_tests::pod_guest::GuestImage;
-use tonic::transport::{Channel, Endpoint, Uri};
 
-const APP_SCRIPT: &str = "mkdir -p /www && echo hello-from-app > /www/index.html \
-    && exec httpd -f -p 127.0.0.1:8080 -h /www";
 const PAGE: &str = "hello-from-app\n";
 /// The sidecar fetches the app's page over the pod's loopback (retrying while httpd starts).
 const FETCH: &str =
@@ -67,273 +64,8 @@ fn containerd_cri() {
             ("seed_pod_runc_and_nutshell", seed_pod_runc_and_nutshell),
             ("update_stop_and_restart", update_stop_and_restart),
             ("oom_killed_is_reported", oom_killed_is_reported),
+            ("vmm_killed", vmm_killed),
         ]);
-}
-
-/// A CRI client on a tokio runtime of its own, called synchronously.
-struct Cri {
-    rt: tokio::runtime::Runtime,
-    client: RuntimeServiceClient<Channel>,
-    ctd: Containerd,
-}
-
-impl Cri {
-    /// A containerd for `what`, its CRI images imported, and a client of its CRI service.
-    fn start(what: &str) -> Cri {
-        let ctd = Containerd::start(what, CRI_NAMESPACE);
-        ctd.import_cri_images();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("tokio runtime");
-        let socket = ctd.socket();
-        let channel = rt
-            .block_on(
-                Endpoint::from_static("http://[::]:50051")
-                    .timeout(Duration::from_secs(300))
-                    .connect_with_connector(tower::service_fn(move |_: Uri| {
-                        let socket = socket.clone();
-                        async move {
-                            let stream = tokio::net::UnixStream::connect(socket).await?;
-                            Ok::<_, std::io::Error>(TokioIo::new(stream))
-                        }
-                    })),
-            )
-            .expect("connect to containerd's CRI socket");
-        let mut cri = Cri {
-            rt,
-            client: RuntimeServiceClient::new(channel),
-            ctd,
-        };
-        let version = cri.call("Version", |mut c| async move {
-            c.version(VersionRequest::default()).await
-        });
-        println!("CRI: {version:?}");
-        cri
-    }
-
-    /// Runs one CRI call; a failure panics with the call, the status and containerd's log.
-    fn call<T, F, Fut>(&mut self, what: &str, f: F) -> T
-    where
-        F: FnOnce(RuntimeServiceClient<Channel>) -> Fut,
-        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-    {
-        match self.try_call(f) {
-            Ok(t) => t,
-            Err(status) => panic!(
-                "CRI {what} failed: {:?}: {}\n--- containerd.log ---\n{}",
-                status.code(),
-                status.message(),
-                self.ctd.log_tail()
-            ),
-        }
-    }
-
-    fn try_call<T, F, Fut>(&mut self, f: F) -> Result<T, tonic::Status>
-    where
-        F: FnOnce(RuntimeServiceClient<Channel>) -> Fut,
-        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-    {
-        self.rt
-            .block_on(f(self.client.clone()))
-            .map(tonic::Response::into_inner)
-    }
-
-    fn run_pod(&mut self, config: &PodSandboxConfig, handler: &str) -> String {
-        let req = RunPodSandboxRequest {
-            config: Some(config.clone()),
-            runtime_handler: handler.to_string(),
-        };
-        let what = format!("RunPodSandbox ({handler})");
-        self.call(&what, |mut c| async move { c.run_pod_sandbox(req).await })
-            .pod_sandbox_id
-    }
-
-    /// Creates and starts a container; its id.
-    fn start_container(
-        &mut self,
-        pod: &str,
-        pod_config: &PodSandboxConfig,
-        config: ContainerConfig,
-    ) -> String {
-        let name = config.metadata.as_ref().unwrap().name.clone();
-        let req = CreateContainerRequest {
-            pod_sandbox_id: pod.to_string(),
-            config: Some(config),
-            sandbox_config: Some(pod_config.clone()),
-        };
-        let id = self
-            .call(&format!("CreateContainer {name}"), |mut c| async move {
-                c.create_container(req).await
-            })
-            .container_id;
-        let req = StartContainerRequest {
-            container_id: id.clone(),
-        };
-        self.call(&format!("StartContainer {name}"), |mut c| async move {
-            c.start_container(req).await
-        });
-        id
-    }
-
-    /// ExecSync of `sh -c script` in `container`: (exit code, stdout, stderr).
-    fn exec(&mut self, container: &str, script: &str) -> (i32, String, String) {
-        let req = ExecSyncRequest {
-            container_id: container.to_string(),
-            cmd: vec!["sh".into(), "-c".into(), script.into()],
-            timeout: 120,
-        };
-        let out = self.call(&format!("ExecSync {script:?}"), |mut c| async move {
-            c.exec_sync(req).await
-        });
-        (
-            out.exit_code,
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-
-    /// Like [`Cri::exec`]; panics unless it exits 0; its stdout.
-    fn exec_ok(&mut self, container: &str, script: &str) -> String {
-        let (code, stdout, stderr) = self.exec(container, script);
-        assert_eq!(
-            code,
-            0,
-            "ExecSync {script:?} in {container}: stdout {stdout:?}, stderr {stderr:?}\n\
-             --- containerd.log ---\n{}",
-            self.ctd.log_tail()
-        );
-        stdout
-    }
-
-    fn container_status(&mut self, id: &str) -> k8s_cri::v1::ContainerStatus {
-        let req = ContainerStatusRequest {
-            container_id: id.to_string(),
-            verbose: false,
-        };
-        self.call("ContainerStatus", |mut c| async move {
-            c.container_status(req).await
-        })
-        .status
-        .expect("ContainerStatus without a status")
-    }
-
-    /// Waits up to `timeout` for the container to exit; its status.
-    fn wait_exited(&mut self, id: &str, timeout: Duration) -> k8s_cri::v1::ContainerStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let status = self.container_status(id);
-            if status.state == ContainerState::ContainerExited as i32 {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "container {id} did not exit within {timeout:?}: {status:?}"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    fn stop_container(&mut self, id: &str) {
-        let req = StopContainerRequest {
-            container_id: id.to_string(),
-            // pid 1 of a pid namespace ignores SIGTERM without a handler: SIGKILL after 2 s.
-            timeout: 2,
-        };
-        self.call("StopContainer", |mut c| async move {
-            c.stop_container(req).await
-        });
-    }
-
-    fn remove_container(&mut self, id: &str) {
-        let req = RemoveContainerRequest {
-            container_id: id.to_string(),
-        };
-        self.call("RemoveContainer", |mut c| async move {
-            c.remove_container(req).await
-        });
-    }
-
-    /// StopPodSandbox and RemovePodSandbox, then nothing of the pod may be left.
-    fn remove_pod(&mut self, pod: &str) {
-        let req = StopPodSandboxRequest {
-            pod_sandbox_id: pod.to_string(),
-        };
-        self.call("StopPodSandbox", |mut c| async move {
-            c.stop_pod_sandbox(req).await
-        });
-        let req = RemovePodSandboxRequest {
-            pod_sandbox_id: pod.to_string(),
-        };
-        self.call("RemovePodSandbox", |mut c| async move {
-            c.remove_pod_sandbox(req).await
-        });
-        self.ctd.assert_clean(Duration::from_secs(60));
-    }
-}
-
-/// The pod's namespaces (kubelet gives the same options to the sandbox and each container).
-fn namespace_options() -> NamespaceOption {
-    NamespaceOption {
-        network: NamespaceMode::Pod as i32,
-        pid: NamespaceMode::Container as i32,
-        ipc: NamespaceMode::Pod as i32,
-        ..Default::default()
-    }
-}
-
-fn pod_config(name: &str, handler: &str, logs: &std::path::Path) -> PodSandboxConfig {
-    let uid = format!("uid-{name}-{handler}");
-    // CRI opens container logs in the pod's log directory; kubelet makes it.
-    std::fs::create_dir_all(logs.join(handler)).expect("create the pod's log directory");
-    PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: format!("{name}-{handler}"),
-            uid,
-            namespace: "default".into(),
-            attempt: 0,
-        }),
-        hostname: format!("{name}-{handler}"),
-        log_directory: logs.join(handler).display().to_string(),
-        linux: Some(LinuxPodSandboxConfig {
-            security_context: Some(LinuxSandboxSecurityContext {
-                namespace_options: Some(namespace_options()),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-fn container_config(name: &str, attempt: u32, script: &str, memory: i64) -> ContainerConfig {
-    ContainerConfig {
-        metadata: Some(ContainerMetadata {
-            name: name.into(),
-            attempt,
-        }),
-        image: Some(ImageSpec {
-            image: format!("docker.io/{IMAGE}"),
-            ..Default::default()
-        }),
-        command: vec!["sh".into(), "-c".into(), script.into()],
-        log_path: format!("{name}-{attempt}.log"),
-        linux: Some(LinuxContainerConfig {
-            resources: Some(LinuxContainerResources {
-                memory_limit_in_bytes: memory,
-                ..Default::default()
-            }),
-            security_context: Some(LinuxContainerSecurityContext {
-                namespace_options: Some(namespace_options()),
-                ..Default::default()
-            }),
-        }),
-        ..Default::default()
-    }
-}
-
-fn logs_dir(cri: &Cri) -> PathBuf {
-    cri.ctd.dir.join("logs")
 }
 
 /// What one runtime showed of the seed's pod.
@@ -347,19 +79,9 @@ struct Observed {
 
 /// The seed's pod with `handler`, start to removal.
 fn seed_pod(cri: &mut Cri, handler: &str) -> Observed {
-    let logs = logs_dir(cri);
-    let config = pod_config("seed", handler, &logs);
-    let pod = cri.run_pod(&config, handler);
-    let app = cri.start_container(
-        &pod,
-        &config,
-        container_config("app", 0, APP_SCRIPT, APP_MEMORY),
-    );
-    let sidecar = cri.start_container(
-        &pod,
-        &config,
-        container_config("sidecar", 0, "exec sleep 3600", 0),
-    );
+    let SeedPod {
+        pod, app, sidecar, ..
+    } = cri.run_seed_pod("seed", handler, APP_MEMORY);
     let page = cri.exec_ok(&sidecar, FETCH);
     let mut shared = BTreeMap::new();
     for kind in ["net", "uts", "ipc", "pid", "mnt"] {
@@ -382,17 +104,7 @@ fn seed_pod(cri: &mut Cri, handler: &str) -> Observed {
     let memory = stats.memory.expect("ContainerStats without memory");
     let working_set = memory.working_set_bytes.map_or(0, |v| v.value);
     assert!(working_set > 0, "app's working set ({handler}): {memory:?}");
-    let req = PodSandboxStatusRequest {
-        pod_sandbox_id: pod.clone(),
-        verbose: false,
-    };
-    let status = cri
-        .call(
-            &format!("PodSandboxStatus ({handler})"),
-            |mut c| async move { c.pod_sandbox_status(req).await },
-        )
-        .status
-        .expect("PodSandboxStatus without a status");
+    let status = cri.pod_status(&pod);
     assert_eq!(
         status.state,
         PodSandboxState::SandboxReady as i32,
@@ -456,7 +168,7 @@ fn update_stop_and_restart() {
     // Read-back problems are collected, so that the stop and restart run for both runtimes.
     let mut problems = Vec::new();
     for handler in HANDLERS {
-        let logs = logs_dir(&cri);
+        let logs = cri.logs_dir();
         let config = pod_config("update", handler, &logs);
         let pod = cri.run_pod(&config, handler);
         let app = cri.start_container(
@@ -513,7 +225,7 @@ fn update_stop_and_restart() {
         let sidecar = cri.start_container(
             &pod,
             &config,
-            container_config("sidecar", 0, "exec sleep 3600", 0),
+            container_config("sidecar", 0, SIDECAR_SCRIPT, 0),
         );
         assert_eq!(
             cri.exec_ok(&sidecar, FETCH),
@@ -553,7 +265,7 @@ fn host_cgroup(dir: &Path, id: &str, depth: usize) -> Option<PathBuf> {
 fn oom_killed_is_reported() {
     let mut cri = Cri::start("cri-oom");
     for handler in HANDLERS {
-        let logs = logs_dir(&cri);
+        let logs = cri.logs_dir();
         let config = pod_config("oom", handler, &logs);
         let pod = cri.run_pod(&config, handler);
         // dd (the container's init) fills a 128 MiB buffer from /dev/zero, past the limit.
@@ -577,4 +289,50 @@ fn oom_killed_is_reported() {
         assert_eq!(exited.exit_code, 137, "{handler}: {exited:?}");
         cri.remove_pod(&pod);
     }
+}
+
+/// Acceptance 5 (nutshell only: runc has no VMM): `kill -9` of a running pod's `nutshell-vmm`.
+/// containerd sees both containers exit (137: the shim's waiters lose the agent with the VM),
+/// the sandbox is no longer ready, and StopPodSandbox and RemovePodSandbox still leave no
+/// shim, VMM, mount, socket or pod directory behind.
+fn vmm_killed() {
+    let mut cri = Cri::start("cri-vmm-killed");
+    let handler = "nutshell";
+    let SeedPod {
+        pod, app, sidecar, ..
+    } = cri.run_seed_pod("killed", handler, APP_MEMORY);
+    assert_eq!(cri.exec_ok(&sidecar, FETCH), PAGE, "the pod serves");
+    let vmm = pod_vmm(&cri.ctd, &pod).unwrap_or_else(|e| panic!("the pod's VMM: {e}"));
+    println!("kill -9 of the pod's nutshell-vmm (pid {vmm})");
+    // SAFETY: kill(2) of a pid that pod_vmm just found to be this pod's nutshell-vmm.
+    let rc = unsafe { libc::kill(vmm, libc::SIGKILL) };
+    assert_eq!(rc, 0, "kill -9 {vmm}: {}", std::io::Error::last_os_error());
+    let killed = Instant::now();
+    for (name, id) in [("app", &app), ("sidecar", &sidecar)] {
+        let exited = cri.wait_exited(id, Duration::from_secs(60));
+        println!(
+            "{name} exited {:.1} s after the VMM's kill: exit code {}, reason {:?}, \
+             message {:?}",
+            killed.elapsed().as_secs_f64(),
+            exited.exit_code,
+            exited.reason,
+            exited.message
+        );
+        assert_eq!(exited.exit_code, 137, "{name}: {exited:?}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = cri.pod_status(&pod);
+        if status.state == PodSandboxState::SandboxNotready as i32 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the sandbox is still ready a minute after its VMM's kill: {status:?}\n\
+             --- containerd.log ---\n{}",
+            cri.ctd.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    cri.remove_pod(&pod);
 }

@@ -2,8 +2,10 @@
 //! microVM, with images from a local OCI layout and every volume kind through virtio-fs.
 //! `exec` in the sidecar reaches the app over localhost; `inspect` shows net/uts/ipc shared
 //! and mnt/pid private; volumes behave (read-only stays read-only, host updates show, the
-//! share cannot be left); `rm` leaves no pod, mount, VM or image reference behind; bad
-//! manifests get field-level errors; a VMM crash is reported by `ps`.
+//! share cannot be left; a Memory emptyDir is a guest tmpfs of its sizeLimit, shared by the
+//! pod's containers and absent from the host); `rm` leaves no pod, mount, VM or image reference behind; bad
+//! manifests get field-level errors; a VMM crash is reported by `ps`; Ctrl-C while `run`
+//! starts the pod leaves nothing of it.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -25,6 +27,7 @@ fn nutshell_cli() {
             ("demo_pod_end_to_end", demo_pod_end_to_end),
             ("bad_manifests_are_named", bad_manifests_are_named),
             ("vmm_crash_is_reported", vmm_crash_is_reported),
+            ("ctrl_c_during_run_tears_down", ctrl_c_during_run_tears_down),
         ]);
 }
 
@@ -88,6 +91,11 @@ impl Nutshell {
         String::from_utf8_lossy(&out.stderr).into_owned()
     }
 
+    /// `nutshell exec POD CONTAINER -- sh -c script`, whatever its outcome.
+    fn sh(&self, pod: &str, container: &str, script: &str) -> Output {
+        self.output(&["exec", pod, container, "--", "sh", "-c", script])
+    }
+
     fn write(&self, name: &str, text: &str) -> PathBuf {
         let path = self.dir.join(name);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -141,6 +149,8 @@ spec:
     - {{name: rw, mountPath: /rw}}
     - {{name: rw, mountPath: /sub, subPath: nested/dir}}
     - {{name: config, mountPath: /config}}
+    - {{name: mem, mountPath: /mem}}
+    - {{name: mem, mountPath: /mem-sub, subPath: deep/dir}}
   volumes:
   - {{name: shared, emptyDir: {{}}}}
   - {{name: mem, emptyDir: {{medium: Memory, sizeLimit: 8Mi}}}}
@@ -222,15 +232,7 @@ fn demo_pod_end_to_end() {
     exec("app", "echo from-app > /shared/note");
     assert_eq!(exec("sidecar", "cat /shared/note").trim(), "from-app");
     assert_eq!(exec("sidecar", "cat /ro/readme.txt").trim(), "read only");
-    let denied = n.output(&[
-        "exec",
-        "demo",
-        "sidecar",
-        "--",
-        "sh",
-        "-c",
-        "echo x > /ro/new",
-    ]);
+    let denied = n.sh("demo", "sidecar", "echo x > /ro/new");
     assert!(!denied.status.success(), "a read-only volume took a write");
     assert!(!host.join("ro/new").exists());
     exec(
@@ -252,17 +254,7 @@ fn demo_pod_end_to_end() {
         "for i in $(seq 50); do grep -q second /config/mode && exit 0; sleep 0.1; done; cat /config/mode; exit 1",
     );
     assert_eq!(updated, "", "configMap update not seen");
-    // statfs of the volume (df would name the first mount of the same virtio-fs device).
-    let statfs = exec("app", "stat -f -c '%b %S' /mem");
-    let fields: Vec<u64> = statfs
-        .split_whitespace()
-        .filter_map(|f| f.parse().ok())
-        .collect();
-    assert_eq!(
-        fields.iter().product::<u64>(),
-        8 << 20,
-        "memory emptyDir size (blocks, block size): {statfs}"
-    );
+    memory_empty_dir_is_in_the_guest(&n, &exec);
 
     // The share cannot be left: `..`, absolute symlinks and symlinks made on the host all
     // resolve inside the guest, never to the host's files.
@@ -277,15 +269,7 @@ fn demo_pod_end_to_end() {
         "the guest read a host file: {escape}"
     );
     // Hard links cannot join files of different volumes (each is its own host mount).
-    let linked = n.output(&[
-        "exec",
-        "demo",
-        "sidecar",
-        "--",
-        "sh",
-        "-c",
-        "ln /ro/readme.txt /rw/hard-link",
-    ]);
+    let linked = n.sh("demo", "sidecar", "ln /ro/readme.txt /rw/hard-link");
     assert!(
         !linked.status.success(),
         "a hard link across volumes was made"
@@ -326,6 +310,93 @@ fn demo_pod_end_to_end() {
         "the imported image lost its own reference (a gc would drop it)"
     );
     assert!(!pgrep_vmm(&n.state_dir()), "a VMM of this test still runs");
+}
+
+/// The Memory emptyDir is one guest tmpfs of the 8 MiB sizeLimit, mounted in both containers:
+/// what one writes the other reads (also through a subPath, which the agent made), a write
+/// past the limit fails, and nothing of it is on the host: no tmpfs mount below the state
+/// directory, no file or byte of it anywhere under the pod's directory (its share included).
+fn memory_empty_dir_is_in_the_guest(n: &Nutshell, exec: &dyn Fn(&str, &str) -> String) {
+    for container in ["app", "sidecar"] {
+        // statfs of the volume (df would name the first mount of the same device).
+        let statfs = exec(container, "stat -f -c '%T %b %S' /mem");
+        let fields: Vec<&str> = statfs.split_whitespace().collect();
+        assert_eq!(fields.first(), Some(&"tmpfs"), "{container}: {statfs}");
+        let size: u64 = fields[1..]
+            .iter()
+            .filter_map(|f| f.parse::<u64>().ok())
+            .product();
+        assert_eq!(
+            size,
+            8 << 20,
+            "{container}: memory emptyDir size (type, blocks, block size): {statfs}"
+        );
+    }
+    // The marker is assembled in the guest, so no command line or log on the host holds it.
+    exec("app", "printf 'guest-%s-only\\n' memory > /mem/mem-note");
+    assert_eq!(
+        exec("sidecar", "cat /mem/mem-note").trim(),
+        "guest-memory-only"
+    );
+    exec("sidecar", "cat /mem/mem-note > /mem-sub/mem-copy");
+    assert_eq!(
+        exec("app", "cat /mem/deep/dir/mem-copy").trim(),
+        "guest-memory-only"
+    );
+    let full = n.sh(
+        "demo",
+        "sidecar",
+        "dd if=/dev/zero of=/mem/big bs=1048576 count=9",
+    );
+    assert!(!full.status.success(), "9 MiB fit in an 8 MiB emptyDir");
+    exec("sidecar", "rm /mem/big");
+
+    let pod_dir = n.state_dir().join("pods/demo");
+    let pod = pod_dir.to_str().unwrap();
+    // A tmpfs made on the host would be a mount below the pod directory with root "/" (the
+    // hostPath binds there come from the ground's /tmp, a tmpfs too, but from a subdirectory).
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let host_tmpfs: Vec<&str> = mounts
+        .lines()
+        .filter(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let fstype = line.split(" - ").nth(1).and_then(|t| t.split(' ').next());
+            fields.len() > 4
+                && fields[4].starts_with(pod)
+                && (fields[4].ends_with("/mem") || (fstype == Some("tmpfs") && fields[3] == "/"))
+        })
+        .collect();
+    assert!(host_tmpfs.is_empty(), "a tmpfs on the host: {host_tmpfs:?}");
+    assert!(pod_dir.join("share").is_dir(), "{}", pod_dir.display());
+    assert!(!pod_dir.join("share/volumes/mem").exists());
+    let found = find_on_host(&pod_dir, "mem-note", b"guest-memory-only");
+    assert!(found.is_empty(), "guest tmpfs data on the host: {found:?}");
+}
+
+/// Files below `dir` (symlinks not followed) named `name` or holding `marker`.
+fn find_on_host(dir: &Path, name: &str, marker: &[u8]) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(dir) = todo.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            if entry.file_name() == name {
+                found.push(path.clone());
+            }
+            if meta.is_dir() {
+                todo.push(path);
+            } else if meta.is_file() && meta.len() < 64 << 20 {
+                let text = std::fs::read(&path).unwrap_or_default();
+                if text.windows(marker.len()).any(|w| w == marker) {
+                    found.push(path);
+                }
+            }
+        }
+    }
+    found
 }
 
 /// Whether a nutshell-vmm with a socket under `dir` runs.
@@ -400,4 +471,62 @@ fn vmm_crash_is_reported() {
         !mounts.contains(n.state_dir().to_str().unwrap()),
         "{mounts}"
     );
+}
+
+/// Ctrl-C (SIGINT) to `nutshell run` while the pod starts: the VM, its mounts, its host cgroup
+/// and the pod's directory all go, and `nutshell ps` no longer lists it.
+fn ctrl_c_during_run_tears_down() {
+    let n = Nutshell::new("cli-ctrl-c");
+    let manifest = n.write(
+        "interrupted.yaml",
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: interrupted
+spec:
+  containers:
+  - name: app
+    image: nutshell/busybox:test
+    command: ["sleep", "3600"]
+"#,
+    );
+    let mut run = n
+        .command(&["run", manifest.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start nutshell run");
+    // Interrupt once the VMM is up (the pod is mid-start: booting or creating containers).
+    let state = n.state_dir();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !pgrep_vmm(&state) {
+        assert!(
+            run.try_wait().unwrap().is_none(),
+            "nutshell run ended before its VMM started"
+        );
+        assert!(std::time::Instant::now() < deadline, "no VMM after 120 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: kill(2) of our own child, which has not been reaped yet.
+    let rc = unsafe { libc::kill(run.id() as i32, libc::SIGINT) };
+    assert_eq!(rc, 0, "SIGINT to nutshell run");
+    let out = run.wait_with_output().expect("wait for nutshell run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // 130 when interrupted while starting; 0 when the pod was Running already (then `run`
+    // has returned before the signal and the pod stays: remove it the ordinary way).
+    match out.status.code() {
+        Some(130) => assert!(stderr.contains("interrupted"), "{stderr}"),
+        other => panic!("nutshell run after SIGINT: {other:?}\nstderr: {stderr}"),
+    }
+    assert!(!pgrep_vmm(&state), "a VMM outlived the interrupted run");
+    assert!(
+        !state.join("pods/interrupted").exists(),
+        "the pod's directory stayed"
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(state.to_str().unwrap()),
+        "mounts stayed:\n{mounts}"
+    );
+    assert!(!n.ok(&["ps"]).contains("interrupted"), "ps lists the pod");
 }

@@ -8,9 +8,12 @@
 //! - `test`: build, then every test of the workspace (unit and end-to-end).
 //! - `bench [--boots N]`: boot latency and VMM memory, beside QEMU on the same kernel.
 //! - `bench-images [--rounds N]`: pod start from a small and a 500 MB image (after unpack).
+//! - `bench-cri [--pods N]`: RunPodSandbox and two StartContainer through containerd's CRI,
+//!   runtime handler `nutshell` beside `runc`, and each pod's host memory.
 
 mod artifacts;
 mod bench;
+mod bench_cri;
 mod bench_images;
 mod demo;
 mod nutshell_cli;
@@ -47,6 +50,8 @@ fn main() -> Result<()> {
         "bench-inner" => bench::inner(rest),
         "bench-images" => bench_images::run(rest),
         "bench-images-inner" => bench_images::inner(rest),
+        "bench-cri" => bench_cri::run(rest),
+        "bench-cri-inner" => bench_cri::inner(rest),
         _ => {
             eprintln!("usage: cargo xtask <build|kernel [guest|test-host|all]|demo|test|bench [--boots N]>");
             Ok(())

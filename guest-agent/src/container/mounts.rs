@@ -19,7 +19,10 @@ use super::{cstring, path_cstring, ContainerError};
 /// Directories whose content other containers of the pod can change: a bind source below one
 /// is opened without following any symlink (a volume's subPath swapped for a link to the
 /// guest's `/` between the host's check and the bind must not be followed).
-pub const SCOPED_SOURCE_ROOTS: [&str; 1] = [nutshell_protocol::GUEST_SHARE_MOUNT_POINT];
+pub const SCOPED_SOURCE_ROOTS: [&str; 2] = [
+    nutshell_protocol::GUEST_SHARE_MOUNT_POINT,
+    nutshell_protocol::GUEST_TMPFS_VOLUMES_DIR,
+];
 
 /// A bind source below one of [`SCOPED_SOURCE_ROOTS`]: the root (opened normally) and the
 /// rest (opened below it with no symlink).

@@ -25,7 +25,16 @@ fn describe_failure(failure: &StepFailure, plan: &LaunchPlan) -> String {
     let step = |s: Step| STEP_NAMES[s.index()] == failure.step;
     let subject = if step(Step::Execve) {
         Some(format!("{:?}", plan.process.program_name))
-    } else if step(Step::Mount) || step(Step::Remount) || step(Step::Propagation) {
+    } else if [
+        Step::Mount,
+        Step::Remount,
+        Step::Propagation,
+        Step::MountSource,
+        Step::MountTarget,
+    ]
+    .into_iter()
+    .any(step)
+    {
         item.and_then(|i| plan.rootfs.as_ref()?.mounts.get(i))
             .map(|m| format!("{} ({})", m.destination, m.fstype.to_string_lossy()))
     } else if step(Step::Sysctl) {
@@ -128,6 +137,7 @@ impl Sandboxes {
         if let Some(file) = &sandbox.resolv_conf {
             super::dns::add_mount(&mut spec, file);
         }
+        super::tmpfs_volumes::prepare_bind_sources(&sandbox.tmpfs_volumes, &spec)?;
         {
             let mut index = self.index();
             if index.contains_key(&id) {
@@ -188,6 +198,9 @@ impl Sandboxes {
                     wanted: "start needs a created or exited container",
                 });
             }
+            // A subPath the previous run removed is made again, as the kubelet does at each
+            // start.
+            super::tmpfs_volumes::prepare_bind_sources(&sandbox.tmpfs_volumes, &c.spec)?;
             let others = &sandbox.containers;
             container::resolve_namespaces(&c.namespaces, pause, |other| {
                 others.get(other).and_then(Container::running_pid)

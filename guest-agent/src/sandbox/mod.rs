@@ -10,7 +10,9 @@
 //!   own (CONTAINER) is decided per container (see [`crate::container::namespaces`]).
 //! - uts: always a new namespace holding the pod's hostname.
 //!
-//! The pod's sysctls are written by pause's helper inside the new namespaces.
+//! The pod's sysctls are written by pause's helper inside the new namespaces. The pod's guest
+//! tmpfs volumes (emptyDir `medium: Memory`) are mounted in the agent's mount namespace before
+//! any container exists and unmounted when the sandbox goes ([`tmpfs_volumes`]).
 //!
 //! Each sandbox has its own lock; the registry lock is held only to look an id up or to insert
 //! or remove one. Container calls live in [`containers`], process calls in [`processes`].
@@ -20,6 +22,7 @@ mod dns;
 mod pause;
 mod pod_cgroup;
 mod processes;
+mod tmpfs_volumes;
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
@@ -61,6 +64,14 @@ pub enum SandboxError {
     NotFound(String),
     #[error("cannot {what} {path}")]
     Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("tmpfs volume {name:?}: cannot {what} {path}")]
+    Volume {
+        name: String,
         what: &'static str,
         path: PathBuf,
         #[source]
@@ -119,6 +130,8 @@ struct Sandbox {
     containers: HashMap<String, Container>,
     /// The pod's resolv.conf (CreateSandbox dns), mounted into every container.
     resolv_conf: Option<PathBuf>,
+    /// The guest tmpfs volumes whose mount point may exist, in mount order.
+    tmpfs_volumes: Vec<tmpfs_volumes::TmpfsVolume>,
     /// OOM kills reported by GetOomEvent so far, per container.
     oom_reported: HashMap<String, u64>,
 }
@@ -286,6 +299,7 @@ impl Sandboxes {
             value: format!("{:?}", req.dns),
             reason,
         })?;
+        let tmpfs = tmpfs_volumes::plan(&req.sandbox_id, &req.tmpfs_volumes)?;
         let pod_resources = if req.resources_json.is_empty() {
             None
         } else {
@@ -310,6 +324,7 @@ impl Sandboxes {
                 pause_cgroup: None,
                 containers: HashMap::new(),
                 resolv_conf: None,
+                tmpfs_volumes: Vec::new(),
                 oom_reported: HashMap::new(),
             }));
             registry.insert(req.sandbox_id.clone(), slot.clone());
@@ -324,7 +339,7 @@ impl Sandboxes {
         let made = self
             .start(&mut sandbox, &spec, &parent, &req.pod_uid)
             .and_then(|pid| {
-                self.finish_pod(&mut sandbox, req, pod_resources.as_ref())?;
+                self.finish_pod(&mut sandbox, req, pod_resources.as_ref(), tmpfs)?;
                 Ok(pid)
             });
         match made {
@@ -361,12 +376,14 @@ impl Sandboxes {
         Ok(pause.as_raw() as u32)
     }
 
-    /// The pod-wide parts after pause: the pod cgroup's limits and the resolv.conf.
+    /// The pod-wide parts after pause: the pod cgroup's limits, the resolv.conf and the tmpfs
+    /// volumes.
     fn finish_pod(
         &self,
         sandbox: &mut Sandbox,
         req: &CreateSandboxRequest,
         resources: Option<&oci_spec::runtime::LinuxResources>,
+        tmpfs: Vec<tmpfs_volumes::TmpfsVolume>,
     ) -> Result<(), SandboxError> {
         if let Some(resources) = resources {
             crate::container::apply_resources(&sandbox.pod_cgroup, resources).map_err(|e| {
@@ -389,11 +406,16 @@ impl Sandboxes {
                 })?;
             sandbox.resolv_conf = Some(path);
         }
+        for volume in tmpfs {
+            // Recorded first: teardown removes a mount point whose mount failed.
+            sandbox.tmpfs_volumes.push(volume.clone());
+            tmpfs_volumes::mount(&volume)?;
+        }
         Ok(())
     }
 
-    /// Stops every container, kills pause, removes the cgroups and scratch. Safe to call on a
-    /// half-made sandbox.
+    /// Stops every container, kills pause, removes the cgroups, the tmpfs volumes and scratch.
+    /// Safe to call on a half-made sandbox.
     fn teardown(&self, id: &str, sandbox: &mut Sandbox) -> Result<(), SandboxError> {
         let ids: Vec<String> = sandbox.containers.keys().cloned().collect();
         for container_id in ids {
@@ -422,6 +444,12 @@ impl Sandboxes {
             pod_cgroup::remove(&sandbox.pod_cgroup)?;
             sandbox.pod_cgroup = PathBuf::new();
         }
+        // Every process that could use them is gone: nothing may keep them busy.
+        while let Some(volume) = sandbox.tmpfs_volumes.last() {
+            tmpfs_volumes::unmount(volume)?;
+            sandbox.tmpfs_volumes.pop();
+        }
+        tmpfs_volumes::remove_sandbox_dir(id)?;
         let _ = std::fs::remove_dir_all(PathBuf::from(BUNDLE_ROOT).join(id));
         Ok(())
     }
