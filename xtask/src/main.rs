@@ -53,7 +53,7 @@ fn main() -> Result<()> {
         "bench-cri" => bench_cri::run(rest),
         "bench-cri-inner" => bench_cri::inner(rest),
         _ => {
-            eprintln!("usage: cargo xtask <build|kernel [guest|test-host|all]|demo|test|bench [--boots N]>");
+            eprintln!("usage: cargo xtask <build|kernel [guest|test-host|all]|demo|test|bench [--boots N]|bench-images|bench-cri [--pods N]>");
             Ok(())
         }
     }
