@@ -319,7 +319,31 @@ impl Cri {
     pub fn remove_pod(&mut self, pod: &str) {
         self.stop_and_remove_pod(pod);
         self.ctd.assert_clean(Duration::from_secs(60));
+        let cgroup = host_cgroup(Path::new("/sys/fs/cgroup"), pod, 4);
+        assert!(cgroup.is_none(), "the pod's host cgroup stayed: {cgroup:?}");
     }
+}
+
+/// The cgroup directory below `dir` (at most `depth` levels) whose name ends with `id`.
+pub fn host_cgroup(dir: &Path, id: &str, depth: usize) -> Option<PathBuf> {
+    let entries = std::fs::read_dir(dir).ok()?;
+    let subdirs: Vec<PathBuf> = entries
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.path())
+        .collect();
+    if let Some(found) = subdirs.iter().find(|p| {
+        p.file_name()
+            .is_some_and(|n| n.to_string_lossy().ends_with(id))
+    }) {
+        return Some(found.clone());
+    }
+    if depth == 0 {
+        return None;
+    }
+    subdirs
+        .iter()
+        .find_map(|sub| host_cgroup(sub, id, depth - 1))
 }
 
 /// `pid` of the JSON that containerd's CRI puts under `info` of a verbose status.

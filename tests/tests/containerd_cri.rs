@@ -19,7 +19,7 @@
 //! `cargo xtask bench-cri` shares.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use k8s_cri::v1::{
@@ -28,7 +28,7 @@ use k8s_cri::v1::{
 };
 use nutshell_tests::containerd::{build_shim, ENV_SHIM};
 use nutshell_tests::cri_client::{
-    container_config, pod_config, pod_vmm, Cri, SeedPod, APP_SCRIPT, SIDECAR_SCRIPT,
+    container_config, host_cgroup, pod_config, pod_vmm, Cri, SeedPod, APP_SCRIPT, SIDECAR_SCRIPT,
 };
 use nutshell_tests::ground::Group;
 use nutshell_tests::pod_guest::GuestImage;
@@ -237,28 +237,6 @@ fn update_stop_and_restart() {
         cri.remove_pod(&pod);
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
-}
-
-/// The cgroup directory below `dir` (at most `depth` levels) whose name ends with `id`.
-fn host_cgroup(dir: &Path, id: &str, depth: usize) -> Option<PathBuf> {
-    let entries = std::fs::read_dir(dir).ok()?;
-    let subdirs: Vec<PathBuf> = entries
-        .flatten()
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .map(|e| e.path())
-        .collect();
-    if let Some(found) = subdirs.iter().find(|p| {
-        p.file_name()
-            .is_some_and(|n| n.to_string_lossy().ends_with(id))
-    }) {
-        return Some(found.clone());
-    }
-    if depth == 0 {
-        return None;
-    }
-    subdirs
-        .iter()
-        .find_map(|sub| host_cgroup(sub, id, depth - 1))
 }
 
 /// Acceptance 3: a container past its memory limit is reported OOMKilled.
