@@ -64,6 +64,8 @@ pub fn timestamp(at: SystemTime) -> Timestamp {
 struct State {
     status: Status,
     exit: Option<Exit>,
+    /// A TaskOOM for this container was published during this process's life.
+    oom_announced: bool,
 }
 
 /// One process: a container's init (`exec_id` empty) or an exec.
@@ -95,6 +97,7 @@ impl Process {
             state: Mutex::new(State {
                 status: Status::Created,
                 exit: None,
+                oom_announced: false,
             }),
             changed: Condvar::new(),
         }
@@ -131,15 +134,28 @@ impl Process {
     /// Records the exit (the first one wins), runs `announce` (under the process's lock, so
     /// that nobody sees the exit before it is announced), then wakes every waiter; whether it
     /// was the first.
-    pub fn set_exited(&self, exit: Exit, announce: impl FnOnce()) -> bool {
+    pub fn set_exited(&self, exit: Exit, announce: impl FnOnce(bool)) -> bool {
+        let mut state = self.lock();
+        if state.status == Status::Stopped {
+            return false;
+        }
+        announce(state.oom_announced);
+        state.status = Status::Stopped;
+        state.exit = Some(exit);
+        self.changed.notify_all();
+        true
+    }
+
+    /// Runs `announce` (a TaskOOM) unless the process exited, under the same lock as
+    /// [`Process::set_exited`], so the announcement precedes the exit's and the exit knows of
+    /// it (`set_exited` passes it to its own `announce`); whether it ran.
+    pub fn announce_oom(&self, announce: impl FnOnce()) -> bool {
         let mut state = self.lock();
         if state.status == Status::Stopped {
             return false;
         }
         announce();
-        state.status = Status::Stopped;
-        state.exit = Some(exit);
-        self.changed.notify_all();
+        state.oom_announced = true;
         true
     }
 
@@ -212,9 +228,9 @@ mod tests {
         std::thread::sleep(Duration::from_millis(50));
         assert!(!waiter.is_finished());
         let mut announced = 0;
-        assert!(p.set_exited(Exit::now(3), || announced += 1));
+        assert!(p.set_exited(Exit::now(3), |_| announced += 1));
         assert!(
-            !p.set_exited(Exit::now(137), || announced += 1),
+            !p.set_exited(Exit::now(137), |_| announced += 1),
             "the first exit wins"
         );
         assert_eq!(announced, 1);
@@ -223,5 +239,18 @@ mod tests {
         assert_eq!(p.status().0, Status::Stopped);
         let exec = Process::new("c", "e1", StdioPaths::default(), Some(b"{}".to_vec()));
         assert_eq!(exec.event_id(), "e1");
+    }
+
+    #[test]
+    fn an_oom_announced_while_running_is_known_to_the_exit() {
+        let p = Process::new("c", "", StdioPaths::default(), None);
+        assert!(p.set_running());
+        let mut ooms = 0;
+        assert!(p.announce_oom(|| ooms += 1));
+        let mut seen = None;
+        assert!(p.set_exited(Exit::now(137), |announced| seen = Some(announced)));
+        assert_eq!((ooms, seen), (1, Some(true)));
+        assert!(!p.announce_oom(|| ooms += 1), "none after the exit");
+        assert_eq!(ooms, 1);
     }
 }

@@ -19,8 +19,8 @@ use containerd_shim::protos::events::task::{
 };
 use containerd_shim::ExitSignal;
 use nutshell_protocol::agent::{
-    CreateContainerRequest, ExecProcessRequest, RemoveContainerRequest, SignalProcessRequest,
-    StartContainerRequest, WaitProcessRequest,
+    CreateContainerRequest, ExecProcessRequest, GetOomEventRequest, RemoveContainerRequest,
+    SignalProcessRequest, StartContainerRequest, WaitProcessRequest,
 };
 use nutshell_runtime::host_mounts;
 use nutshell_runtime::pod_dirs::PodDirs;
@@ -109,14 +109,14 @@ impl Service {
         lock(&self.inner.containers).is_empty()
     }
 
-    /// Records `p`'s exit and announces it (TaskOOM first when the OOM killer ended it):
-    /// queued before any waiter wakes, so TaskExit precedes the TaskDelete a waiter's client
-    /// causes.
+    /// Records `p`'s exit and announces it (TaskOOM first when the OOM killer ended it and
+    /// the OOM watcher has not announced it yet): queued before any waiter wakes, so TaskExit
+    /// precedes the TaskDelete a waiter's client causes.
     pub fn finish(&self, p: &Process, exit: Exit, oom_killed: bool) {
         let events = &self.inner.events;
         let pid = self.inner.shim_pid;
-        p.set_exited(exit, || {
-            if oom_killed {
+        p.set_exited(exit, |oom_announced| {
+            if oom_killed && !oom_announced {
                 events.send(TaskOOM {
                     container_id: p.container_id.clone(),
                     ..Default::default()
@@ -217,7 +217,9 @@ impl Service {
                 spec,
                 on_exit,
             )?;
-            *lock(&self.inner.pod) = Some(Arc::new(pod));
+            let pod = Arc::new(pod);
+            self.spawn_oom_watcher(&pod);
+            *lock(&self.inner.pod) = Some(pod);
             true
         } else {
             false
@@ -352,6 +354,38 @@ impl Service {
         }
     }
 
+    /// A thread that long-polls the agent's OOM kills in the pod (`GetOomEvent`) and publishes
+    /// TaskOOM for each, as runc's shim does from memory.events: an OOM kill of any process of
+    /// a running container. It ends with the VM (or this service).
+    fn spawn_oom_watcher(&self, pod: &Arc<PodVm>) {
+        let (weak, pod) = (Arc::downgrade(&self.inner), pod.clone());
+        std::thread::spawn(move || {
+            let mut req = GetOomEventRequest::new();
+            req.sandbox_id = pod.sandbox_id.clone();
+            loop {
+                let began = Instant::now();
+                let event = match pod.agent.get_oom_event(&req, WAIT_CALL) {
+                    Ok(event) => event,
+                    Err(_) if began.elapsed() >= WAIT_CALL => continue,
+                    Err(e) => {
+                        log::info!("OOM watcher ends: {}", ShimError::agent("GetOomEvent", e));
+                        return;
+                    }
+                };
+                let Some(inner) = weak.upgrade() else { return };
+                let container = lock(&inner.containers).get(&event.container_id).cloned();
+                let Some(container) = container else { continue };
+                let events = &inner.events;
+                container.init.announce_oom(|| {
+                    events.send(TaskOOM {
+                        container_id: container.id.clone(),
+                        ..Default::default()
+                    })
+                });
+            }
+        });
+    }
+
     /// A thread that waits for `p` in the guest, lets its output drain, then reports the exit.
     fn spawn_waiter(&self, pod: Arc<PodVm>, p: Arc<Process>, attached: Option<Attached>) {
         let service = self.clone();
@@ -427,7 +461,7 @@ impl Service {
             )));
         }
         // Never started: nothing ran, so there is no exit to announce; waiters are released.
-        p.set_exited(Exit::now(KILLED), || {});
+        p.set_exited(Exit::now(KILLED), |_| {});
         let exit = p.wait();
         let response = DeleteResponse {
             pid: self.inner.shim_pid,

@@ -23,7 +23,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use k8s_cri::v1::{
-    ContainerStatsRequest, LinuxContainerResources, PodSandboxState,
+    ContainerState, ContainerStatsRequest, LinuxContainerResources, PodSandboxState,
     UpdateContainerResourcesRequest,
 };
 use nutshell_tests::containerd::{build_shim, ENV_SHIM};
@@ -265,6 +265,28 @@ fn oom_killed_is_reported() {
             cri.ctd.log_tail()
         );
         assert_eq!(exited.exit_code, 137, "{handler}: {exited:?}");
+        // An OOM kill of another process (an exec) while the init lives on: TaskOOM comes
+        // from the shim's OOM watcher, and CRI marks the running container OOMKilled.
+        let survivor = cri.start_container(
+            &pod,
+            &config,
+            container_config("survivor", 0, "exec sleep 3600", HOG_MEMORY),
+        );
+        let (code, _, _) = cri.exec(&survivor, "dd if=/dev/zero of=/dev/null bs=128M count=1");
+        assert_ne!(code, 0, "{handler}: the exec's dd outgrew the limit");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            let status = cri.container_status(&survivor);
+            if status.reason == "OOMKilled" || Instant::now() >= deadline {
+                break status;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        assert_eq!(
+            (status.state, status.reason.as_str()),
+            (ContainerState::ContainerRunning as i32, "OOMKilled"),
+            "{handler}: the survivor after its exec's OOM kill: {status:?}"
+        );
         cri.remove_pod(&pod);
     }
 }
