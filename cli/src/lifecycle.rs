@@ -112,6 +112,7 @@ pub fn run(cli: &Cli, args: &RunArgs) -> Result<i32> {
         initrd: args.initrd.clone(),
         mem_mib: size_memory(limits(|l| l.memory_bytes), args.min_memory_mib),
         vcpus: size_vcpus(limits(|l| l.cpu_millis)),
+        cpu_limit_millicores: limits(|l| l.cpu_millis),
     };
     vm.check()?;
     let store = open_store(cli)?;

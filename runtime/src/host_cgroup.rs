@@ -111,6 +111,25 @@ impl Limits {
     }
 }
 
+impl Limits {
+    /// The same without a cpu quota (`max`, `-1` on cgroup v1).
+    pub fn without_cpu_quota(self) -> Limits {
+        Limits {
+            cpu_quota_us: u64::MAX,
+            ..self
+        }
+    }
+}
+
+/// How a cpu quota is written: `max` (v2) / `-1` (v1) for none.
+fn quota_text(quota: u64, unlimited: &str) -> String {
+    if quota == u64::MAX {
+        unlimited.to_string()
+    } else {
+        quota.to_string()
+    }
+}
+
 /// Checks a cgroup path: absolute, below the root, with no empty, `.` or `..` names.
 pub fn validate_path(path: &Path) -> Result<PathBuf> {
     let bad = |problem: &str| cgroup_error(path, problem);
@@ -243,7 +262,7 @@ fn steps(path: &Path, limits: Limits, layout: &Layout) -> Result<Vec<Step>> {
             ));
             steps.push(Step::Write(
                 cpu.join("cpu.max"),
-                format!("{quota} {period}"),
+                format!("{} {period}", quota_text(quota, "max")),
             ));
         }
         Layout::Legacy { .. } => {
@@ -255,7 +274,10 @@ fn steps(path: &Path, limits: Limits, layout: &Layout) -> Result<Vec<Step>> {
                 cpu.join("cpu.cfs_period_us"),
                 period.to_string(),
             ));
-            steps.push(Step::Write(cpu.join("cpu.cfs_quota_us"), quota.to_string()));
+            steps.push(Step::Write(
+                cpu.join("cpu.cfs_quota_us"),
+                quota_text(quota, "-1"),
+            ));
         }
     }
     Ok(steps)

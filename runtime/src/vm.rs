@@ -24,6 +24,10 @@ pub struct VmSpec {
     pub initrd: PathBuf,
     pub mem_mib: u64,
     pub vcpus: u32,
+    /// The pod's cpu limit (millicores; 0: none). Without one the VMM's host cgroup gets no
+    /// cpu quota, as a pod without cpu limits gets none under runc.
+    #[serde(default)]
+    pub cpu_limit_millicores: u64,
 }
 
 impl VmSpec {
@@ -44,10 +48,15 @@ impl VmSpec {
         Ok(())
     }
 
-    /// The limits of the host cgroup of a VMM running this VM: its memory and one core per
-    /// vCPU, plus the VMM's `overhead`.
+    /// The limits of the host cgroup of a VMM running this VM: its memory and, when the pod
+    /// has a cpu limit, one core per vCPU, plus the VMM's `overhead`.
     pub fn host_limits(&self, overhead: Overhead) -> Limits {
-        Limits::for_vm(self.mem_mib, self.vcpus, overhead)
+        let limits = Limits::for_vm(self.mem_mib, self.vcpus, overhead);
+        if self.cpu_limit_millicores == 0 {
+            limits.without_cpu_quota()
+        } else {
+            limits
+        }
     }
 }
 
@@ -152,12 +161,22 @@ mod tests {
             initrd: PathBuf::from("/bin/true"),
             mem_mib: 608,
             vcpus: 2,
+            cpu_limit_millicores: 1500,
         };
         let limits = spec.host_limits(Overhead::default());
         assert_eq!(limits.memory_bytes, (608 + 64) << 20);
         assert_eq!(
             (limits.cpu_quota_us, limits.cpu_period_us),
             (225_000, 100_000)
+        );
+        let unlimited = VmSpec {
+            cpu_limit_millicores: 0,
+            ..spec
+        };
+        assert_eq!(
+            unlimited.host_limits(Overhead::default()).cpu_quota_us,
+            u64::MAX,
+            "no cpu limit, no quota"
         );
     }
 
@@ -169,6 +188,7 @@ mod tests {
             initrd: PathBuf::from("/bin/true"),
             mem_mib: 256,
             vcpus: 1,
+            cpu_limit_millicores: 0,
         };
         let err = spec.check().unwrap_err().to_string();
         assert!(

@@ -177,6 +177,7 @@ impl ShimConfig {
             initrd: self.initrd.clone(),
             mem_mib: nutshell_runtime::vm::size_memory(memory_limit, self.default_memory_mib),
             vcpus: nutshell_runtime::vm::size_vcpus(cpu_millis).max(self.default_vcpus),
+            cpu_limit_millicores: cpu_millis,
         }
     }
 
@@ -256,9 +257,10 @@ mod tests {
             )
             .unwrap();
         assert!(!config.host_cgroups);
-        let spec = config.vm_spec(0, 0);
-        let limits = config.host_limits(&spec);
+        let limits = config.host_limits(&config.vm_spec(0, 0));
         assert_eq!(limits.memory_bytes, (256 + 32) << 20);
+        assert_eq!(limits.cpu_quota_us, u64::MAX, "no cpu limit, no quota");
+        let limits = config.host_limits(&config.vm_spec(0, 500));
         assert_eq!(limits.cpu_quota_us, 110_000);
         let err = ShimConfig::from_env(|_| None)
             .with_toml("overhead_memory_mib = 1", Path::new("/c.toml"))

@@ -432,14 +432,24 @@ pub fn pod_shim(pod: &str) -> Option<i32> {
 }
 
 /// The `nutshell-vmm` of a nutshell pod: the pid its shim keeps in `vmm.pid` of the pod
-/// directory, if that process is a `nutshell-vmm` whose command line names the pod.
+/// directory, if that process is a `nutshell-vmm` whose command line names the directory.
+/// The directory is named by the sandbox id, or for a long id (CRI's) by its first 12
+/// characters, a dash and a hash (`shim/src/pod.rs`).
 pub fn pod_vmm(ctd: &Containerd, pod: &str) -> Result<i32, String> {
-    let pid_file = ctd
-        .shim_state()
-        .join(&ctd.namespace)
-        .join("pods")
-        .join(pod)
-        .join("vmm.pid");
+    let pods = ctd.shim_state().join(&ctd.namespace).join("pods");
+    let prefix = format!("{}-", pod.get(..12).unwrap_or(pod));
+    let names = crate::containerd::entries(&pods);
+    let name = names
+        .iter()
+        .find(|n| *n == pod || (pod.len() > 32 && n.starts_with(&prefix)))
+        .ok_or_else(|| {
+            format!(
+                "no pod directory for {pod} in {}: {names:?}",
+                pods.display()
+            )
+        })?;
+    let pod_dir = pods.join(name);
+    let pid_file = pod_dir.join("vmm.pid");
     let text =
         std::fs::read_to_string(&pid_file).map_err(|e| format!("{}: {e}", pid_file.display()))?;
     let pid: i32 = text
@@ -451,7 +461,7 @@ pub fn pod_vmm(ctd: &Containerd, pod: &str) -> Result<i32, String> {
         .map_err(|e| format!("the VMM {pid} of {}: {e}", pid_file.display()))?;
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
     let is_vmm = exe.file_name().is_some_and(|n| n == "nutshell-vmm");
-    if !is_vmm || !cmdline.contains(pod) {
+    if !is_vmm || !cmdline.contains(pod_dir.to_str().unwrap_or_default()) {
         return Err(format!(
             "pid {pid} of {} is not the pod's nutshell-vmm: {} {cmdline}",
             pid_file.display(),

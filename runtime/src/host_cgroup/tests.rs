@@ -169,6 +169,29 @@ fn v2_enables_the_controllers_on_the_way_down() {
 }
 
 #[test]
+fn no_cpu_limit_writes_no_quota() {
+    let limits = Limits::for_vm(256, 1, Overhead::default()).without_cpu_quota();
+    let v2 = Layout::Unified(mount("/sys/fs/cgroup", "/"));
+    let steps_v2 = steps(Path::new("/nutshell/pod"), limits, &v2).unwrap();
+    assert_eq!(
+        steps_v2.last(),
+        Some(&Step::Write(
+            PathBuf::from("/sys/fs/cgroup/nutshell/pod/cpu.max"),
+            "max 100000".into()
+        ))
+    );
+    let v1 = Layout::from_mountinfo(HYBRID, controllers).unwrap();
+    let steps_v1 = steps(Path::new("/nutshell/pod"), limits, &v1).unwrap();
+    assert_eq!(
+        steps_v1.last(),
+        Some(&Step::Write(
+            PathBuf::from("/sys/fs/cgroup/cpu,cpuacct/nutshell/pod/cpu.cfs_quota_us"),
+            "-1".into()
+        ))
+    );
+}
+
+#[test]
 fn v1_makes_the_cgroup_in_each_hierarchy() {
     let layout = Layout::from_mountinfo(HYBRID, controllers).unwrap();
     let limits = Limits::for_vm(256, 2, Overhead::default());
@@ -194,18 +217,14 @@ fn v1_makes_the_cgroup_in_each_hierarchy() {
 
 // On this host: a real cgroup (as root, where a memory and a cpu hierarchy are mounted).
 
-fn host_layout() -> Option<Layout> {
-    if !nix::unistd::Uid::effective().is_root() {
-        eprintln!("skipped: not root");
-        return None;
-    }
-    match Layout::detect() {
-        Ok(layout) => Some(layout),
-        Err(e) => {
-            eprintln!("skipped: {e}");
-            None
-        }
-    }
+/// The host's cgroup layout; the tests below need root and a mounted memory and cpu
+/// hierarchy, and fail with the reason where they are missing.
+fn host_layout() -> Layout {
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "these tests make real cgroups: run them as root"
+    );
+    Layout::detect().unwrap_or_else(|e| panic!("no usable cgroup hierarchy on this host: {e}"))
 }
 
 fn test_path(name: &str) -> PathBuf {
@@ -220,9 +239,7 @@ fn all_gone(dirs: &[PathBuf]) {
 
 #[test]
 fn a_child_runs_in_the_cgroup_with_its_limits() {
-    let Some(layout) = host_layout() else {
-        return;
-    };
+    let layout = host_layout();
     let path = test_path("run").join("pod");
     let limits = Limits::for_vm(128, 1, Overhead::default());
     let mut cgroup = HostCgroup::plan(&path, limits).unwrap();
@@ -249,10 +266,22 @@ fn a_child_runs_in_the_cgroup_with_its_limits() {
 }
 
 #[test]
+fn a_cgroup_without_cpu_quota_reads_back_unlimited() {
+    let layout = host_layout();
+    let path = test_path("unlimited").join("pod");
+    let limits = Limits::for_vm(128, 1, Overhead::default()).without_cpu_quota();
+    let mut cgroup = HostCgroup::plan(&path, limits).unwrap();
+    cgroup.create_in(layout).unwrap();
+    let read = cgroup.read_limits();
+    let record = cgroup.record();
+    assert_eq!(cgroup.remove(), Vec::<String>::new());
+    all_gone(&record.created);
+    assert_eq!(read.unwrap(), limits);
+}
+
+#[test]
 fn a_failed_create_leaves_nothing() {
-    let Some(layout) = host_layout() else {
-        return;
-    };
+    let layout = host_layout();
     let path = test_path("fail").join("pod");
     let limits = Limits {
         memory_bytes: mib(64),
@@ -274,9 +303,7 @@ fn a_failed_create_leaves_nothing() {
 
 #[test]
 fn leftovers_go_by_record_or_by_path() {
-    let Some(layout) = host_layout() else {
-        return;
-    };
+    let layout = host_layout();
     let limits = Limits::for_vm(64, 1, Overhead::default());
     // Two pods under a shared nutshell directory: the last one out removes it.
     let shared = test_path("left").join("nutshell");
@@ -308,9 +335,7 @@ fn leftovers_go_by_record_or_by_path() {
 
 #[test]
 fn a_busy_leaf_is_refused() {
-    let Some(layout) = host_layout() else {
-        return;
-    };
+    let layout = host_layout();
     let path = test_path("busy");
     let limits = Limits::for_vm(64, 1, Overhead::default());
     let mut first = HostCgroup::plan(&path, limits).unwrap();
