@@ -15,13 +15,15 @@
 //! DestroySandbox unmounts every volume (not lazily: after its containers are dead nothing
 //! may hold it) and removes the directories; anything left is an error.
 
-use std::fs::{self, Permissions};
-use std::os::unix::fs::PermissionsExt;
+use std::fs;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use nix::errno::Errno;
+use nix::fcntl::{openat, AtFlags, OFlag};
 use nix::mount::{umount2, MntFlags, MsFlags};
+use nix::sys::stat::{fchmod, fstatat, mkdirat, Mode};
 use nutshell_protocol::agent::GuestTmpfsVolume;
 use oci_spec::runtime::Spec;
 
@@ -176,7 +178,9 @@ pub fn prepare_bind_sources(volumes: &[TmpfsVolume], spec: &Spec) -> Result<(), 
     Ok(())
 }
 
-/// Creates `sub` below `root` (the volume's mount point) one component at a time.
+/// Creates `sub` below `root` (the volume's mount point) one component at a time, each
+/// reached from its parent's descriptor with `O_NOFOLLOW`: other containers write the volume,
+/// so a component swapped for a symlink meanwhile is refused, never followed.
 fn prepare_sub_path(volume: &TmpfsVolume, root: &Path, sub: &Path) -> Result<(), SandboxError> {
     let invalid = |reason: String| SandboxError::Invalid {
         field: "oci_spec_json mounts[].source",
@@ -187,31 +191,63 @@ fn prepare_sub_path(volume: &TmpfsVolume, root: &Path, sub: &Path) -> Result<(),
     if sub.components().any(|c| !matches!(c, Component::Normal(_))) {
         return Err(invalid("a subPath must be relative, without '..'".into()));
     }
+    let open_dir = |dir: Option<&OwnedFd>, name: &Path| {
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let fd = openat(dir.map(|d| d.as_raw_fd()), name, flags, Mode::empty())?;
+        // SAFETY: openat returned a new descriptor that nothing else owns.
+        Ok::<_, Errno>(unsafe { OwnedFd::from_raw_fd(fd) })
+    };
+    let mut dir = open_dir(None, root).map_err(|e| volume_error(volume, "open", root)(e.into()))?;
+    let names: Vec<&Path> = sub.iter().map(Path::new).collect();
     let mut at = root.to_path_buf();
-    for component in sub.components() {
-        at.push(component);
-        match fs::symlink_metadata(&at) {
-            Ok(meta) if meta.file_type().is_symlink() => {
+    for (i, name) in names.iter().enumerate() {
+        at.push(name);
+        dir = match open_dir(Some(&dir), name) {
+            Ok(next) => next,
+            Err(Errno::ENOENT) => {
+                match mkdirat(
+                    Some(dir.as_raw_fd()),
+                    *name,
+                    Mode::from_bits_truncate(VOLUME_MODE),
+                ) {
+                    Ok(()) | Err(Errno::EEXIST) => {}
+                    Err(e) => {
+                        return Err(volume_error(volume, "create the subPath directory", &at)(
+                            e.into(),
+                        ))
+                    }
+                }
+                let made = open_dir(Some(&dir), name)
+                    .map_err(|_| invalid(format!("{} changed while it was made", at.display())))?;
+                // mkdirat's mode went through the umask.
+                fchmod(made.as_raw_fd(), Mode::from_bits_truncate(VOLUME_MODE))
+                    .map_err(|e| volume_error(volume, "chmod", &at)(e.into()))?;
+                made
+            }
+            // The last component may be an existing file (a subPath naming a file).
+            Err(Errno::ENOTDIR) if i + 1 == names.len() && !is_symlink(&dir, name) => return Ok(()),
+            Err(Errno::ELOOP | Errno::ENOTDIR) => {
                 return Err(invalid(format!(
                     "goes through the symlink {}",
                     at.display()
                 )))
             }
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                fs::create_dir(&at)
-                    .and_then(|()| fs::set_permissions(&at, Permissions::from_mode(VOLUME_MODE)))
-                    .map_err(volume_error(volume, "create the subPath directory", &at))?;
-            }
-            Err(e) => return Err(volume_error(volume, "look up", &at)(e)),
-        }
+            Err(e) => return Err(volume_error(volume, "look up", &at)(e.into())),
+        };
     }
     Ok(())
+}
+
+/// Whether `name` in `dir` is a symlink (not following it).
+fn is_symlink(dir: &OwnedFd, name: &Path) -> bool {
+    fstatat(Some(dir.as_raw_fd()), name, AtFlags::AT_SYMLINK_NOFOLLOW)
+        .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFLNK)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn request(name: &str, size: u64) -> GuestTmpfsVolume {
         let mut v = GuestTmpfsVolume::new();
@@ -293,8 +329,13 @@ mod tests {
         prepare_bind_sources(&volumes, &spec_with_bind(&tmp.path().join("other/x"))).unwrap();
         assert!(!tmp.path().join("other").exists());
 
+        // A subPath may name an existing file, but not go through one.
+        fs::write(volume.path.join("f"), "x").unwrap();
+        prepare_bind_sources(&volumes, &spec_with_bind(&volume.path.join("f"))).unwrap();
+        assert!(prepare_bind_sources(&volumes, &spec_with_bind(&volume.path.join("f/x"))).is_err());
+
         std::os::unix::fs::symlink("/etc", volume.path.join("link")).unwrap();
-        for bad in ["link/x", "a/../../escape"] {
+        for bad in ["link/x", "link", "a/../../escape"] {
             let source = PathBuf::from(format!("{}/{bad}", volume.path.display()));
             let err = prepare_bind_sources(&volumes, &spec_with_bind(&source)).unwrap_err();
             let text = err.to_string();
