@@ -29,11 +29,33 @@ pub struct PodDirs {
     pub root: PathBuf,
 }
 
+/// Sandbox ids up to this length name their pod directory as they are.
+pub const MAX_POD_DIR_NAME: usize = 32;
+
+fn sandbox_dir_name(sandbox_id: &str) -> String {
+    if sandbox_id.len() <= MAX_POD_DIR_NAME {
+        return sandbox_id.to_string();
+    }
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(sandbox_id.as_bytes());
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let prefix: String = sandbox_id.chars().take(12).collect();
+    format!("{prefix}-{hex}")
+}
+
 impl PodDirs {
     pub fn new(state_root: &Path, pod: &str) -> PodDirs {
         PodDirs {
             root: state_root.join("pods").join(pod),
         }
+    }
+
+    /// The directory of a sandbox known by an id of any length (the shim's pods): named by
+    /// the id, or for an id longer than [`MAX_POD_DIR_NAME`] (CRI's are 64 characters) by its
+    /// first 12 characters and 16 hex digits of its SHA-256, so the VM's socket path stays well
+    /// inside a Unix socket's 107 bytes.
+    pub fn for_sandbox(state_root: &Path, sandbox_id: &str) -> PodDirs {
+        PodDirs::new(state_root, &sandbox_dir_name(sandbox_id))
     }
 
     /// Every pod directory under `state_root`.
@@ -124,6 +146,24 @@ impl PodDirs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_sandbox_ids_get_short_pod_directories() {
+        assert_eq!(sandbox_dir_name("my-pod"), "my-pod");
+        let (a, b) = ("a".repeat(64), format!("{}b", "a".repeat(63)));
+        let (name_a, name_b) = (sandbox_dir_name(&a), sandbox_dir_name(&b));
+        assert_eq!(name_a.len(), 29, "{name_a}");
+        assert!(name_a.starts_with("aaaaaaaaaaaa-"));
+        assert_ne!(name_a, name_b, "ids that share a prefix stay apart");
+        assert_eq!(
+            name_a,
+            sandbox_dir_name(&a),
+            "the same id, the same directory"
+        );
+        assert!(PodDirs::for_sandbox(Path::new("/s"), &a)
+            .root
+            .ends_with(&name_a));
+    }
 
     #[test]
     fn host_and_guest_paths_line_up() {

@@ -38,26 +38,10 @@ const MAX_SOCKET_PATH: usize = 107;
 /// The file in a container's bundle naming its pod directory.
 const POD_LINK_FILE: &str = "nutshell-pod";
 
-/// Where a pod's files are: `<state_dir>/<namespace>/pods/<name>`, the name being the
-/// sandbox id, or for an id longer than [`MAX_POD_DIR_NAME`] (CRI's are 64 characters) its
-/// first 12 characters and 16 hex digits of its SHA-256, so the VM's socket path stays well
-/// inside a Unix socket's 107 bytes whatever the id.
+/// Where a pod's files are: `<state_dir>/<namespace>/pods/<name>` (see
+/// [`PodDirs::for_sandbox`] for the name).
 pub fn pod_dirs(config: &ShimConfig, namespace: &str, sandbox_id: &str) -> PodDirs {
-    PodDirs::new(&config.state_dir.join(namespace), &pod_dir_name(sandbox_id))
-}
-
-/// Sandbox ids up to this length name their pod directory as they are.
-pub const MAX_POD_DIR_NAME: usize = 32;
-
-fn pod_dir_name(sandbox_id: &str) -> String {
-    if sandbox_id.len() <= MAX_POD_DIR_NAME {
-        return sandbox_id.to_string();
-    }
-    use sha2::Digest;
-    let digest = sha2::Sha256::digest(sandbox_id.as_bytes());
-    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-    let prefix: String = sandbox_id.chars().take(12).collect();
-    format!("{prefix}-{hex}")
+    PodDirs::for_sandbox(&config.state_dir.join(namespace), sandbox_id)
 }
 
 /// Records in `bundle` which pod directory the container uses.
@@ -378,14 +362,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn long_sandbox_ids_get_short_pod_directories() {
-        assert_eq!(pod_dir_name("my-pod"), "my-pod");
-        let (a, b) = ("a".repeat(64), format!("{}b", "a".repeat(63)));
-        let (name_a, name_b) = (pod_dir_name(&a), pod_dir_name(&b));
-        assert_eq!(name_a.len(), 29, "{name_a}");
-        assert!(name_a.starts_with("aaaaaaaaaaaa-"));
-        assert_ne!(name_a, name_b, "ids that share a prefix stay apart");
-        assert_eq!(name_a, pod_dir_name(&a), "the same id, the same directory");
+    fn long_sandbox_ids_leave_room_in_the_socket_path() {
+        let a = "a".repeat(64);
         let config = ShimConfig::from_env(|_| None);
         let socket = pod_dirs(&config, "k8s.io", &a).vsock();
         assert!(

@@ -24,6 +24,7 @@ use k8s_cri::v1::{
     RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopContainerRequest,
     StopPodSandboxRequest, VersionRequest,
 };
+use nutshell_runtime::pod_dirs::PodDirs;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::containerd::{processes_with, Containerd, CRI_NAMESPACE, IMAGE};
@@ -433,22 +434,8 @@ pub fn pod_shim(pod: &str) -> Option<i32> {
 
 /// The `nutshell-vmm` of a nutshell pod: the pid its shim keeps in `vmm.pid` of the pod
 /// directory, if that process is a `nutshell-vmm` whose command line names the directory.
-/// The directory is named by the sandbox id, or for a long id (CRI's) by its first 12
-/// characters, a dash and a hash (`shim/src/pod.rs`).
 pub fn pod_vmm(ctd: &Containerd, pod: &str) -> Result<i32, String> {
-    let pods = ctd.shim_state().join(&ctd.namespace).join("pods");
-    let prefix = format!("{}-", pod.get(..12).unwrap_or(pod));
-    let names = crate::containerd::entries(&pods);
-    let name = names
-        .iter()
-        .find(|n| *n == pod || (pod.len() > 32 && n.starts_with(&prefix)))
-        .ok_or_else(|| {
-            format!(
-                "no pod directory for {pod} in {}: {names:?}",
-                pods.display()
-            )
-        })?;
-    let pod_dir = pods.join(name);
+    let pod_dir = PodDirs::for_sandbox(&ctd.shim_state().join(&ctd.namespace), pod).root;
     let pid_file = pod_dir.join("vmm.pid");
     let text =
         std::fs::read_to_string(&pid_file).map_err(|e| format!("{}: {e}", pid_file.display()))?;
