@@ -17,7 +17,7 @@
 //! * [`HostCgroup::remove`], once the VMM is gone, removes the directories it made, deepest
 //!   first. A process without the object (the shim's cleanup after a dead shim, `nutshell
 //!   stop` after a dead supervisor) uses the [`Record`] saved beside the pod's files
-//!   ([`remove_recorded`]) or the path alone ([`remove_leftover`]).
+//!   ([`remove_recorded`]).
 //!
 //! Directories named `nutshell*` above the leaf are nutshell's own: removal also takes them
 //! when they are empty, whoever made them, so pods started side by side under `/nutshell`
@@ -484,23 +484,6 @@ pub fn remove_recorded(file: &Path) -> Vec<String> {
         }
     }
     problems
-}
-
-/// Removes the leftover cgroup at `path` (in the hierarchy) from every hierarchy, with the
-/// empty `nutshell*` directories above it; its other parents stay.
-pub fn remove_leftover(path: &Path) -> Vec<String> {
-    let leaves = validate_path(path).and_then(|path| {
-        let layout = Layout::detect()?;
-        layout
-            .mounts()
-            .into_iter()
-            .map(|m| m.dir_of(&path))
-            .collect::<Result<Vec<_>>>()
-    });
-    match leaves {
-        Ok(leaves) => remove_dirs(&leaves, &leaves),
-        Err(e) => vec![e.to_string()],
-    }
 }
 
 /// A pod VMM's host cgroup: planned, then created, joined by the VMM and removed.

@@ -302,7 +302,7 @@ fn a_failed_create_leaves_nothing() {
 }
 
 #[test]
-fn leftovers_go_by_record_or_by_path() {
+fn leftovers_go_by_record_and_the_last_pod_takes_the_parents() {
     let layout = host_layout();
     let limits = Limits::for_vm(64, 1, Overhead::default());
     // Two pods under a shared nutshell directory: the last one out removes it.
@@ -316,7 +316,7 @@ fn leftovers_go_by_record_or_by_path() {
     a.save_record(&file).unwrap();
     let a_leaves = a.record().leaves;
     let b_leaves = b.record().leaves;
-    drop((a, b));
+    drop(a);
 
     assert_eq!(remove_recorded(&file), Vec::<String>::new());
     assert!(!file.exists());
@@ -324,7 +324,7 @@ fn leftovers_go_by_record_or_by_path() {
     assert!(b_leaves.iter().all(|l| l.exists()));
     assert_eq!(remove_recorded(&file), Vec::<String>::new(), "no record");
 
-    assert_eq!(remove_leftover(&shared.join("b")), Vec::<String>::new());
+    assert_eq!(b.remove(), Vec::<String>::new());
     all_gone(&b_leaves);
     for leaf in &b_leaves {
         // The `nutshell*` parents went with the last pod.
