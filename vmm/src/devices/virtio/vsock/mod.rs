@@ -19,6 +19,8 @@ mod uds;
 mod worker;
 
 #[cfg(test)]
+mod fuzz_tests;
+#[cfg(test)]
 mod tests;
 
 use std::fs;

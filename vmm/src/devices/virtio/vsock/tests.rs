@@ -26,8 +26,8 @@ use super::*;
 use crate::devices::virtio::device::{Interrupt, VIRTIO_MMIO_INT_VRING};
 use crate::vstate::memory::GuestMemoryMmap;
 
-const GUEST_CID: u64 = 3;
-const TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const GUEST_CID: u64 = 3;
+pub(super) const TIMEOUT: Duration = Duration::from_secs(5);
 /// rx buffer `i` (descriptor `i`) lives at `RX_BASE + i * RX_STRIDE`.
 const RX_BASE: u64 = 0x10_0000;
 const RX_STRIDE: u64 = 0x2000;
@@ -67,23 +67,23 @@ impl Drop for TempDir {
 /// `MockSplitQueue` (virtio-queue 0.17 and 0.18) lays its used ring over the second half of its
 /// avail ring (`SplitQueueRing::end` adds the element count, not the byte size), so each queue's
 /// used ring is moved to `start + USED_RING_OFFSET` and read directly from memory here.
-struct Driver<'a> {
-    mem: &'a GuestMemoryMmap,
-    rxq: MockSplitQueue<'a, GuestMemoryMmap>,
-    txq: MockSplitQueue<'a, GuestMemoryMmap>,
-    rx_evt: EventFd,
-    tx_evt: EventFd,
+pub(super) struct Driver<'a> {
+    pub(super) mem: &'a GuestMemoryMmap,
+    pub(super) rxq: MockSplitQueue<'a, GuestMemoryMmap>,
+    pub(super) txq: MockSplitQueue<'a, GuestMemoryMmap>,
+    pub(super) rx_evt: EventFd,
+    pub(super) tx_evt: EventFd,
     /// rx descriptor indices not currently owned by the device.
-    rx_free: Vec<u16>,
-    rx_avail: u16,
-    rx_seen: u16,
-    tx_avail: u16,
-    tx_seen: u16,
+    pub(super) rx_free: Vec<u16>,
+    pub(super) rx_avail: u16,
+    pub(super) rx_seen: u16,
+    pub(super) tx_avail: u16,
+    pub(super) tx_seen: u16,
 }
 
 impl<'a> Driver<'a> {
     /// Returns the driver and the activation context for the device.
-    fn new(mem: &'a GuestMemoryMmap) -> (Self, ActivateContext, Arc<Interrupt>) {
+    pub(super) fn new(mem: &'a GuestMemoryMmap) -> (Self, ActivateContext, Arc<Interrupt>) {
         let rxq = MockSplitQueue::create(mem, GuestAddress(0), QUEUE_SIZE);
         let txq = MockSplitQueue::create(mem, GuestAddress(0x4000), QUEUE_SIZE);
         let evq = MockSplitQueue::create(mem, GuestAddress(0x8000), QUEUE_SIZE);
@@ -122,7 +122,7 @@ impl<'a> Driver<'a> {
     }
 
     /// Posts `n` single-descriptor rx buffers of 4 KiB + header, as Linux does.
-    fn add_rx(&mut self, n: u16) {
+    pub(super) fn add_rx(&mut self, n: u16) {
         for _ in 0..n {
             let idx = self.rx_free.pop().expect("all rx descriptors posted");
             let addr = RX_BASE + u64::from(idx) * RX_STRIDE;
@@ -141,8 +141,13 @@ impl<'a> Driver<'a> {
     }
 
     /// Waits for the next packet the device put in an rx buffer (the buffer is not reposted).
-    fn recv(&mut self) -> (VsockHeader, Vec<u8>) {
+    pub(super) fn recv(&mut self) -> (VsockHeader, Vec<u8>) {
         let elem = wait_used(self.mem, &self.rxq, &mut self.rx_seen);
+        self.take_rx(elem)
+    }
+
+    /// Reads the packet in the [`Self::add_rx`] buffer that `elem` returned, and frees it.
+    pub(super) fn take_rx(&mut self, elem: VirtqUsedElem) -> (VsockHeader, Vec<u8>) {
         let idx = u16::try_from(elem.id()).unwrap();
         self.rx_free.push(idx);
         let len = elem.len() as usize;
@@ -170,7 +175,7 @@ impl<'a> Driver<'a> {
     }
 
     /// Sends a packet as Linux does: header and payload in separate descriptors.
-    fn send(&mut self, mut hdr: VsockHeader, data: &[u8]) {
+    pub(super) fn send(&mut self, mut hdr: VsockHeader, data: &[u8]) {
         hdr.len = data.len() as u32;
         let slot = self.tx_avail % 32;
         let base = TX_BASE + u64::from(slot) * TX_STRIDE;
@@ -196,19 +201,19 @@ impl<'a> Driver<'a> {
     }
 }
 
-fn push_avail(vq: &MockSplitQueue<'_, GuestMemoryMmap>, pos: &mut u16, head: u16) {
+pub(super) fn push_avail(vq: &MockSplitQueue<'_, GuestMemoryMmap>, pos: &mut u16, head: u16) {
     let slot = usize::from(*pos % QUEUE_SIZE);
     vq.avail().ring().ref_at(slot).unwrap().store(head);
     *pos = pos.wrapping_add(1);
     vq.avail().idx().store(*pos);
 }
 
-fn used_idx(mem: &GuestMemoryMmap, vq: &MockSplitQueue<'_, GuestMemoryMmap>) -> u16 {
+pub(super) fn used_idx(mem: &GuestMemoryMmap, vq: &MockSplitQueue<'_, GuestMemoryMmap>) -> u16 {
     let used = vq.start().unchecked_add(USED_RING_OFFSET);
     mem.read_obj(used.unchecked_add(2)).unwrap()
 }
 
-fn wait_used(
+pub(super) fn wait_used(
     mem: &GuestMemoryMmap,
     vq: &MockSplitQueue<'_, GuestMemoryMmap>,
     seen: &mut u16,
@@ -230,7 +235,7 @@ fn wait_used(
     }
 }
 
-fn guest(op: u16, src_port: u32, dst_port: u32) -> VsockHeader {
+pub(super) fn guest(op: u16, src_port: u32, dst_port: u32) -> VsockHeader {
     VsockHeader {
         src_cid: GUEST_CID,
         dst_cid: HOST_CID,
@@ -245,11 +250,11 @@ fn guest(op: u16, src_port: u32, dst_port: u32) -> VsockHeader {
     }
 }
 
-fn test_mem() -> GuestMemoryMmap {
+pub(super) fn test_mem() -> GuestMemoryMmap {
     GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x100_0000)]).unwrap()
 }
 
-fn new_device(dir: &TempDir) -> Vsock {
+pub(super) fn new_device(dir: &TempDir) -> Vsock {
     Vsock::new(VsockConfig {
         guest_cid: GUEST_CID,
         uds_path: dir.path().join("vsock.sock"),

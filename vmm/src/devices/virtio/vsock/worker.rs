@@ -5,7 +5,8 @@
 //! with used length 0. rx: while the muxer has packets and the guest has rx buffers, packets are
 //! written into them. Data is read from a host socket only into an rx buffer already taken from
 //! the queue, so without rx buffers the host sockets are simply not read (edge-triggered epoll
-//! keeps that from spinning) until the guest refills the queue and notifies it.
+//! keeps that from spinning) until the guest refills the queue and notifies it. Invalid rx
+//! buffers, and header-only ones while only data is pending, are returned with used length 0.
 
 use std::io;
 use std::os::unix::io::AsRawFd;
@@ -196,6 +197,15 @@ impl Worker {
                 self.muxer
                     .next_rx_pkt(rx.data_capacity(), &mut self.buf, Instant::now())
             else {
+                if rx.data_capacity() == 0 && self.muxer.has_pending_rx() {
+                    // Only data is pending and this buffer holds a header and nothing more.
+                    // Kept, it would be popped first again every time: the queue would stall
+                    // for good. Hand it back unused instead.
+                    log::warn!("vsock: rx queue: buffer {head} has no room for data; returned");
+                    self.add_used_rx(head, 0);
+                    used = true;
+                    continue;
+                }
                 // Nothing after all (e.g. the host socket had no data): keep the buffer.
                 let rxq = &mut self.queues[RX_QUEUE];
                 let next = rxq.next_avail().wrapping_sub(1);
