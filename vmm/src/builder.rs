@@ -9,8 +9,6 @@
 //! Whatever fails on the way drops what was made before it: no socket file, thread or VM is
 //! left behind.
 
-use std::fs::File;
-use std::io::LineWriter;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
@@ -24,6 +22,7 @@ use vmm_sys_util::signal::Killable;
 use crate::arch::x86_64::{boot, layout, mptable};
 use crate::config::{ConfigError, VmConfig};
 use crate::devices::bus::{Bus, BusError};
+use crate::devices::legacy::console_log::ConsoleLog;
 use crate::devices::legacy::i8042::I8042;
 use crate::devices::legacy::serial::{ConsoleOutput, ConsoleTail, SerialConsole};
 use crate::devices::virtio::device::VirtioDevice;
@@ -227,13 +226,14 @@ pub fn build(config: &VmConfig) -> Result<RunningVm, BuildError> {
     let mut mmio = Bus::new();
 
     let serial_file: Option<Box<dyn std::io::Write + Send>> = match &config.serial_log {
-        // Line-buffered: the log is read live (and after a crash) by whoever watches it.
-        Some(path) => Some(Box::new(LineWriter::new(File::create(path).map_err(
-            |source| BuildError::SerialLog {
-                path: path.clone(),
-                source,
-            },
-        )?))),
+        Some(path) => Some(Box::new(
+            ConsoleLog::create(path, config.serial_log_max_bytes).map_err(|source| {
+                BuildError::SerialLog {
+                    path: path.clone(),
+                    source,
+                }
+            })?,
+        )),
         None => None,
     };
     let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(BuildError::EventFd)?;

@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::arch::x86_64::{layout, mptable};
+use crate::devices::legacy::console_log;
 use crate::devices::virtio::fs::{self, FsConfig};
 use crate::devices::virtio::vsock::VsockConfig;
 
@@ -25,6 +26,8 @@ pub struct VmConfig {
     /// Where the guest console goes; `None` discards it (the last 4 KiB are still kept for
     /// error reports).
     pub serial_log: Option<PathBuf>,
+    /// The cap of a regular-file `serial_log`, past which it is rotated to `PATH.1`.
+    pub serial_log_max_bytes: u64,
     pub vsock: Option<VsockConfig>,
     /// Host directories shared over virtio-fs, one device each; tags are unique.
     pub fs: Vec<FsConfig>,
@@ -39,6 +42,7 @@ impl VmConfig {
             vcpus: 1,
             cmdline: DEFAULT_CMDLINE.to_string(),
             serial_log: None,
+            serial_log_max_bytes: console_log::DEFAULT_MAX_BYTES,
             vsock: None,
             fs: Vec::new(),
         }

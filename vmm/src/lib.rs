@@ -10,6 +10,7 @@ pub mod builder;
 pub mod config;
 pub mod devices;
 pub mod exit;
+pub mod logger;
 pub mod vstate;
 
 pub use builder::{build, BuildError, RunningVm};

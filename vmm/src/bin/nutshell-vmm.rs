@@ -12,6 +12,7 @@ use clap::Parser;
 use nutshell_vmm::config::DEFAULT_CMDLINE;
 use nutshell_vmm::devices::virtio::fs::FsConfig;
 use nutshell_vmm::devices::virtio::vsock::VsockConfig;
+use nutshell_vmm::logger::StderrLogger;
 use nutshell_vmm::{GuestExit, VmConfig};
 
 #[derive(Parser, Debug)]
@@ -49,6 +50,10 @@ struct Args {
     /// File that receives the guest console (default: discarded).
     #[arg(long)]
     serial_log: Option<PathBuf>,
+    /// Cap of a regular-file serial log in KiB: past it the log is rotated to `PATH.1`, so at
+    /// most twice this stays on disk whatever the guest prints.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=4 << 20))]
+    serial_log_max_kib: u64,
     /// Share host directory PATH with the guest over virtio-fs under TAG (at most 36 bytes);
     /// the guest mounts it with `mount -t virtiofs TAG DIR`. Repeat for several shares.
     #[arg(long = "fs", value_name = "TAG=PATH", value_parser = parse_fs)]
@@ -90,29 +95,12 @@ fn raise_nofile_limit() {
     }
 }
 
-struct StderrLogger(log::LevelFilter);
-
-impl log::Log for StderrLogger {
-    fn enabled(&self, metadata: &log::Metadata) -> bool {
-        metadata.level() <= self.0
-    }
-    fn log(&self, record: &log::Record) {
-        if self.enabled(record.metadata()) {
-            eprintln!("nutshell-vmm: {}: {}", record.level(), record.args());
-        }
-    }
-    fn flush(&self) {}
-}
-
 fn init_logging() {
     let level = std::env::var("NUTSHELL_LOG")
         .ok()
         .and_then(|l| l.parse().ok())
         .unwrap_or(log::LevelFilter::Warn);
-    let logger: &'static StderrLogger = Box::leak(Box::new(StderrLogger(level)));
-    if log::set_logger(logger).is_ok() {
-        log::set_max_level(level);
-    }
+    StderrLogger::install(level);
 }
 
 /// Blocks SIGINT, SIGTERM and SIGHUP in every thread (threads inherit the mask) and returns
@@ -146,6 +134,7 @@ fn run(args: Args) -> anyhow::Result<GuestExit> {
         vcpus: args.vcpus,
         cmdline,
         serial_log: args.serial_log,
+        serial_log_max_bytes: args.serial_log_max_kib << 10,
         vsock: args.vsock_uds.map(|uds_path| VsockConfig {
             guest_cid: args.vsock_cid,
             uds_path,
