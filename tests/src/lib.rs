@@ -3,6 +3,7 @@
 //! [`ground`] runs commands and `cargo test` groups "on a KVM host": directly where /dev/kvm has
 //! hardware virtualization behind it, otherwise inside a nested L1 Linux under QEMU TCG.
 
+pub mod child_wait;
 pub mod containerd;
 pub mod cri_client;
 pub mod ground;

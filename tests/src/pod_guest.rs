@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use nutshell_protocol::client::AgentClient;
 use nutshell_protocol::AGENT_VSOCK_PORT;
 
+use crate::child_wait::wait_or_kill;
 use crate::ground as assets;
 
 pub const ENV_KERNEL_DIR: &str = "NUTSHELL_GUEST_KERNEL_DIR";
@@ -204,6 +205,8 @@ pub struct VmmLaunch {
     pub cmdline_append: Option<String>,
     /// Where the guest console goes; default: `console.log` in the run directory.
     pub serial_log: Option<PathBuf>,
+    /// `--serial-log-max-kib`: the console log's cap (default: the VMM's).
+    pub serial_log_max_kib: Option<u64>,
     /// A virtio-fs share (tag, host directory): `--fs TAG=DIR`, and
     /// `nutshell.virtiofs=TAG` on the command line so that the agent mounts it at
     /// `/run/nutshell-share`.
@@ -217,6 +220,7 @@ impl Default for VmmLaunch {
             mem_mib: 256,
             cmdline_append: None,
             serial_log: None,
+            serial_log_max_kib: None,
             fs: None,
         }
     }
@@ -271,6 +275,9 @@ impl Vmm {
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(Stdio::piped());
+        if let Some(kib) = launch.serial_log_max_kib {
+            cmd.args(["--serial-log-max-kib", &kib.to_string()]);
+        }
         let mut append: Vec<String> = launch.cmdline_append.iter().cloned().collect();
         if let Some((tag, dir)) = &launch.fs {
             let mut share = OsString::from(format!("{tag}="));
@@ -322,28 +329,20 @@ impl Vmm {
 
     /// Waits for the VMM to exit; kills it at the deadline and says so.
     pub fn wait(&mut self, deadline: Duration) -> Result<VmmExit, String> {
-        let until = Instant::now() + deadline;
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(status)) => {
-                    let mut stderr = String::new();
-                    if let Some(mut pipe) = self.child.stderr.take() {
-                        use std::io::Read;
-                        let _ = pipe.read_to_string(&mut stderr);
-                    }
-                    return Ok(VmmExit { status, stderr });
+        match wait_or_kill(&mut self.child, deadline) {
+            Ok(Some(status)) => {
+                let mut stderr = String::new();
+                if let Some(mut pipe) = self.child.stderr.take() {
+                    use std::io::Read;
+                    let _ = pipe.read_to_string(&mut stderr);
                 }
-                Ok(None) if Instant::now() < until => std::thread::sleep(Duration::from_millis(5)),
-                Ok(None) => {
-                    let _ = self.child.kill();
-                    let _ = self.child.wait();
-                    return Err(format!(
-                        "nutshell-vmm did not exit within {deadline:?}; killed. console:\n{}",
-                        self.console()
-                    ));
-                }
-                Err(e) => return Err(format!("cannot wait for nutshell-vmm: {e}")),
+                Ok(VmmExit { status, stderr })
             }
+            Ok(None) => Err(format!(
+                "nutshell-vmm did not exit within {deadline:?}; killed. console:\n{}",
+                self.console()
+            )),
+            Err(e) => Err(format!("cannot wait for nutshell-vmm: {e}")),
         }
     }
 }

@@ -1,18 +1,22 @@
 //! Acceptance of the test ground (issue 2), run from the host with
-//! `cargo test -p nutshell-tests --test ground`. Three ground runs in all (three L1 boots when
-//! nested): the KVM group, the failing group (the failure test playing it in a child process)
-//! and the hanging command.
+//! `cargo test -p nutshell-tests --test ground`. Four ground runs in all (four L1 boots when
+//! nested): the KVM group, the failing group (the failure test playing it in a child process),
+//! the hanging command and the interrupted one.
 
 mod ground_support;
 
-use std::process::Command;
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use ground_support::{announced_scratch, l2, longmode, processes_mentioning};
+use nutshell_tests::child_wait::wait_or_kill;
 use nutshell_tests::ground::{self, Group, ON_KVM_HOST_ENV};
 
 /// Acceptance 1 and 2: on the KVM host, a hand-written long-mode KVM guest runs, and the pod-guest
-/// kernel boots under QEMU with KVM and passes its namespace and cgroup v2 checks. One ground run.
+/// kernel boots with nutshell-vmm and with QEMU on KVM and passes its namespace and cgroup v2
+/// checks under both. One ground run.
 #[test]
 fn kvm_host() {
     Group::new("kvm_host")
@@ -129,6 +133,62 @@ fn hanging_command_is_killed_at_its_deadline() {
     );
     let scratch = announced_scratch(&stderr).unwrap_or_else(|| panic!("no scratch dir\n{stderr}"));
     assert!(scratch.starts_with("/tmp/nutshell-ground-"), "{scratch}");
+    let left = processes_mentioning(&scratch);
+    assert!(left.is_empty(), "processes left running: {left:?}");
+    assert!(
+        !std::path::Path::new(&scratch).exists(),
+        "{scratch} was not removed"
+    );
+}
+
+/// Acceptance 3 (Ctrl-C): SIGINT to the runner while its command runs on the ground kills the
+/// run (L1 where nested), removes its scratch directory and exits 130.
+#[test]
+fn interrupted_run_leaves_nothing() {
+    const RUNNING: &str = "the command is running";
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nutshell-ground"))
+        .args(["--deadline", "600", "--mem", "1024", "--", "sh", "-c"])
+        .arg(format!("echo '{RUNNING}'; exec sleep 1000"))
+        .env_remove(ON_KVM_HOST_ENV)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run nutshell-ground");
+    let stdout = child.stdout.take().expect("piped");
+    let stderr = child.stderr.take().expect("piped");
+    let (running_tx, running_rx) = mpsc::channel();
+    let out_reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.contains(RUNNING) {
+                let _ = running_tx.send(());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        let _ = BufReader::new(stderr).read_to_string(&mut all);
+        all
+    });
+    let running = running_rx.recv_timeout(Duration::from_secs(300));
+    // SAFETY: kill(2) on the pid of our own child, which has not been reaped yet.
+    let rc = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
+    let status =
+        wait_or_kill(&mut child, Duration::from_secs(120)).expect("wait for nutshell-ground");
+    let stdout = out_reader.join().unwrap_or_default();
+    let stderr = err_reader.join().unwrap_or_default();
+    let all = format!("--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}");
+    println!("{all}");
+    assert!(running.is_ok(), "the command never started\n{all}");
+    let status =
+        status.unwrap_or_else(|| panic!("nutshell-ground ignored SIGINT for 120 s\n{all}"));
+    assert_eq!(status.code(), Some(130), "exit status after SIGINT\n{all}");
+    assert!(stderr.contains("signal 2"), "{all}");
+    let scratch = announced_scratch(&stderr).unwrap_or_else(|| panic!("no scratch dir\n{all}"));
     let left = processes_mentioning(&scratch);
     assert!(left.is_empty(), "processes left running: {left:?}");
     assert!(

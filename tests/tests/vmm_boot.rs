@@ -23,6 +23,7 @@ fn vmm_boot() {
             ("guest_panic_is_reported", guest_panic_is_reported),
             ("bad_input_fails_cleanly", bad_input_fails_cleanly),
             ("host_signal_stops_cleanly", host_signal_stops_cleanly),
+            ("console_log_is_bounded", console_log_is_bounded),
         ]);
 }
 
@@ -230,4 +231,43 @@ fn host_signal_stops_cleanly() {
     );
     assert!(exit.stderr.contains("signal 15"), "stderr: {}", exit.stderr);
     assert!(!exists(&vmm.uds), "the vsock socket outlived the VMM");
+}
+
+/// A guest that prints more than the console log's cap (a verbose boot, 4 KiB cap) leaves at most
+/// two parts of the cap on the host, the newest output in `console.log`, and still runs.
+fn console_log_is_bounded() {
+    const CAP: u64 = 4096;
+    let image = image();
+    let launch = VmmLaunch {
+        cmdline_append: Some("loglevel=7".into()),
+        serial_log_max_kib: Some(CAP / 1024),
+        ..VmmLaunch::default()
+    };
+    let mut vmm = Vmm::spawn(&image, &launch).expect("spawn nutshell-vmm");
+    let agent = vmm.agent(AGENT_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    agent.version(CALL_TIMEOUT).expect("Version call");
+    let rotated = vmm.dir.join("console.log.1");
+    let current = std::fs::metadata(&vmm.console_log)
+        .expect("console.log")
+        .len();
+    let previous = std::fs::metadata(&rotated)
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: {e}: the verbose boot did not rotate",
+                rotated.display()
+            )
+        })
+        .len();
+    println!("console.log {current} bytes, console.log.1 {previous} bytes (cap {CAP})");
+    assert!(current <= CAP && previous <= CAP, "{current} / {previous}");
+    assert!(previous > CAP / 2, "the rotated part is {previous} bytes");
+    agent.shutdown(CALL_TIMEOUT).expect("Shutdown call");
+    let exit = vmm.wait(EXIT_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(exit.status.code(), Some(0), "stderr: {}", exit.stderr);
+    let mut names: Vec<String> = std::fs::read_dir(&vmm.dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["console.log", "console.log.1"]);
 }
