@@ -10,13 +10,14 @@ static_binary() {
     local workspace target_dir target=x86_64-unknown-linux-gnu
     workspace=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
     target_dir="$workspace/target/static"
-    local path="$target_dir/$target/release/$binary"
+    # Profile `guest` (workspace Cargo.toml): release, built for size.
+    local path="$target_dir/$target/guest/$binary"
     echo "building static $binary in $target_dir" >&2
     (
         cd "$workspace"
         unset CARGO_ENCODED_RUSTFLAGS
         RUSTFLAGS="-C target-feature=+crt-static" \
-            cargo build --release -p "$package" --target "$target" --target-dir "$target_dir" >&2
+            cargo build --profile guest -p "$package" --target "$target" --target-dir "$target_dir" >&2
     ) || die "cargo build of $package failed"
     local info
     info=$(file -b "$path")
