@@ -4,7 +4,7 @@
 //! state.json        the pod's recorded state (state.rs)
 //! plan.json         what `run` decided: specs, volumes, VM size (read by the supervisor)
 //! vsock.sock        the VMM's hybrid vsock socket (agent and stdio streams)
-//! console.log       the guest's serial console
+//! console.log       the guest's serial console (rotated to console.log.1 at 1 MiB)
 //! supervisor.log    the supervisor's own log
 //! logs/<ctr>.log    each container's output, as `nutshell logs` reads it
 //! share/            the virtio-fs share, the only host directory the guest can reach:
