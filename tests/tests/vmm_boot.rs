@@ -36,6 +36,20 @@ fn boots_talks_and_powers_off() {
     let mut vmm = Vmm::spawn(&image, &VmmLaunch::default()).expect("spawn nutshell-vmm");
     let agent = vmm.agent(AGENT_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
     let ready = vmm.started.elapsed();
+    // The VMM runs under its seccomp filters (mode 2, three stacked).
+    let status = std::fs::read_to_string(format!("/proc/{}/status", vmm.child.id()))
+        .expect("the VMM's /proc status");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+            .unwrap_or_else(|| panic!("no {name} in the VMM's status:\n{status}"))
+            .to_owned()
+    };
+    assert_eq!(field("Seccomp:"), "2", "{status}");
+    assert_eq!(field("Seccomp_filters:"), "3", "{status}");
+    assert_eq!(field("NoNewPrivs:"), "1", "{status}");
     let version = agent.version(CALL_TIMEOUT).expect("Version call");
     println!(
         "agent {} (protocol {}) on kernel {} ready after {ready:?}",

@@ -11,6 +11,7 @@ pub mod config;
 pub mod devices;
 pub mod exit;
 pub mod logger;
+pub mod syscall_filter;
 pub mod vstate;
 
 pub use builder::{build, BuildError, RunningVm};

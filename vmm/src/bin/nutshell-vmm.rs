@@ -13,6 +13,7 @@ use nutshell_vmm::config::DEFAULT_CMDLINE;
 use nutshell_vmm::devices::virtio::fs::FsConfig;
 use nutshell_vmm::devices::virtio::vsock::VsockConfig;
 use nutshell_vmm::logger::StderrLogger;
+use nutshell_vmm::syscall_filter;
 use nutshell_vmm::{GuestExit, VmConfig};
 
 #[derive(Parser, Debug)]
@@ -58,6 +59,10 @@ struct Args {
     /// the guest mounts it with `mount -t virtiofs TAG DIR`. Repeat for several shares.
     #[arg(long = "fs", value_name = "TAG=PATH", value_parser = parse_fs)]
     fs: Vec<FsConfig>,
+    /// Run without the seccomp filter (debugging only: by default the syscalls a VMM never
+    /// needs, such as execve, mount, bpf or non-Unix sockets, kill the process).
+    #[arg(long)]
+    no_seccomp: bool,
 }
 
 /// `TAG=PATH` of `--fs`; the tag and the directory are checked when the VM is built.
@@ -145,6 +150,10 @@ fn run(args: Args) -> anyhow::Result<GuestExit> {
         raise_nofile_limit();
     }
     let signals = block_stop_signals()?;
+    // Before anything of the VM exists: every thread it makes inherits the filter.
+    if !args.no_seccomp {
+        syscall_filter::install().context("cannot install the seccomp filter")?;
+    }
     let mut vm = nutshell_vmm::build(&config).context("cannot start the VM")?;
 
     let exits = vm.exit_sender();
