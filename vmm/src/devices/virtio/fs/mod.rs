@@ -25,8 +25,11 @@
 //! uid/gid, and lets the guest set any xattr and create device nodes and set-id files: mount
 //! the shared directory `nosuid,nodev` on the host, and give each VM a directory of its own.
 
+mod pinned_flags;
 mod worker;
 
+#[cfg(test)]
+mod fuzz_tests;
 #[cfg(test)]
 mod tests;
 
@@ -38,6 +41,8 @@ use std::time::Duration;
 
 use fuse_backend_rs::api::filesystem::FileSystem;
 use fuse_backend_rs::api::server::Server;
+
+use self::pinned_flags::PinnedFlagsFs;
 use fuse_backend_rs::passthrough::{CachePolicy, Config as PassthroughConfig, PassthroughFs};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -67,9 +72,11 @@ const QUEUE_SIZES: [u16; 2] = [HIPRIO_QUEUE_SIZE, REQUEST_QUEUE_SIZE];
 const CONFIG_SPACE_SIZE: usize = TAG_MAX_LEN + 4;
 const DEVICE_NAME: &str = "fs";
 
-/// The passthrough file system the device serves, and the FUSE server in front of it.
+/// The passthrough file system, the layer the device serves it through (see `pinned_flags`),
+/// and the FUSE server in front of them.
 type Passthrough = PassthroughFs<()>;
-pub(crate) type FuseServer = Server<Arc<Passthrough>>;
+type ServedFs = PinnedFlagsFs;
+pub(crate) type FuseServer = Server<Arc<ServedFs>>;
 
 /// What the builder configures: one shared directory under one tag.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -143,7 +150,7 @@ fn passthrough_config(root_dir: String) -> PassthroughConfig {
 pub struct Fs {
     config: FsConfig,
     config_space: [u8; CONFIG_SPACE_SIZE],
-    fs: Arc<Passthrough>,
+    fs: Arc<ServedFs>,
     server: Arc<FuseServer>,
     acked_features: u64,
     worker: Option<DeviceWorker>,
@@ -189,7 +196,7 @@ impl Fs {
         };
         let fs = PassthroughFs::new(passthrough_config(root_dir)).map_err(passthrough_error)?;
         fs.import().map_err(passthrough_error)?;
-        let fs = Arc::new(fs);
+        let fs = Arc::new(PinnedFlagsFs::new(Arc::new(fs)));
         let server = Arc::new(Server::new(fs.clone()));
 
         let mut config_space = [0u8; CONFIG_SPACE_SIZE];

@@ -7,8 +7,6 @@ use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::thread;
-use std::time::{Duration, Instant};
 
 use fuse_backend_rs::abi::fuse_abi::{
     EntryOut, ForgetIn, InHeader, InitIn, InitOut, Opcode, OpenIn, OpenOut, OutHeader, ReadIn,
@@ -26,9 +24,9 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::worker::{HIPRIO_QUEUE, REQUEST_QUEUE};
 use super::*;
 use crate::devices::virtio::device::{Interrupt, VIRTIO_MMIO_INT_VRING};
+use crate::devices::virtio::fuzz_support::wait_for;
 use crate::vstate::memory::GuestMemoryMmap;
 
-const TIMEOUT: Duration = Duration::from_secs(5);
 /// Queue `i` starts at `QUEUE_BASE[i]`; its used ring is moved to `+ USED_RING_OFFSET[i]`
 /// (`MockSplitQueue` lays its own over the avail ring, see the vsock tests).
 const QUEUE_BASE: [u64; 2] = [0, 0x1_0000];
@@ -39,10 +37,10 @@ const BUF_STRIDE: u64 = 0x2000;
 const REPLY_LEN: u32 = 0x1000;
 
 /// A fresh directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
+pub(super) struct TempDir(PathBuf);
 
 impl TempDir {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let path = std::env::temp_dir().join(format!("nutshell-fs-{}-{n}", std::process::id()));
@@ -51,7 +49,7 @@ impl TempDir {
         TempDir(path)
     }
 
-    fn path(&self) -> &Path {
+    pub(super) fn path(&self) -> &Path {
         &self.0
     }
 }
@@ -64,7 +62,7 @@ impl Drop for TempDir {
 
 /// `dir/share` with `hello.txt`, `sub/`, and links that point out of it, beside `dir/secret`
 /// outside the share.
-fn share_tree(dir: &TempDir) -> PathBuf {
+pub(super) fn share_tree(dir: &TempDir) -> PathBuf {
     let share = dir.path().join("share");
     fs::create_dir_all(share.join("sub")).unwrap();
     fs::write(share.join("hello.txt"), b"hello from the host\n").unwrap();
@@ -75,7 +73,7 @@ fn share_tree(dir: &TempDir) -> PathBuf {
     share
 }
 
-fn new_device(share: &Path) -> Fs {
+pub(super) fn new_device(share: &Path) -> Fs {
     Fs::new(FsConfig {
         tag: "shared".into(),
         shared_dir: share.to_owned(),
@@ -83,22 +81,24 @@ fn new_device(share: &Path) -> Fs {
     .unwrap()
 }
 
-fn test_mem() -> GuestMemoryMmap {
+pub(super) fn test_mem() -> GuestMemoryMmap {
     GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x100_0000)]).unwrap()
 }
 
 /// The guest side: posts FUSE requests and reads the replies.
-struct Driver<'a> {
-    mem: &'a GuestMemoryMmap,
-    queues: [MockSplitQueue<'a, GuestMemoryMmap>; 2],
-    events: [EventFd; 2],
+pub(super) struct Driver<'a> {
+    pub(super) mem: &'a GuestMemoryMmap,
+    pub(super) queues: [MockSplitQueue<'a, GuestMemoryMmap>; 2],
+    pub(super) events: [EventFd; 2],
     avail: [u16; 2],
     seen: [u16; 2],
-    next_unique: u64,
+    pub(super) next_unique: u64,
+    /// Names the test situation in the driver's assertion messages.
+    pub(super) context: String,
 }
 
 impl<'a> Driver<'a> {
-    fn new(mem: &'a GuestMemoryMmap) -> (Self, ActivateContext, Arc<Interrupt>) {
+    pub(super) fn new(mem: &'a GuestMemoryMmap) -> (Self, ActivateContext, Arc<Interrupt>) {
         let mock =
             |i: usize| MockSplitQueue::create(mem, GuestAddress(QUEUE_BASE[i]), QUEUE_SIZES[i]);
         let queues = [mock(0), mock(1)];
@@ -126,6 +126,7 @@ impl<'a> Driver<'a> {
             avail: [0; 2],
             seen: [0; 2],
             next_unique: 1,
+            context: String::new(),
         };
         let ctx = ActivateContext {
             mem: mem.clone(),
@@ -139,7 +140,13 @@ impl<'a> Driver<'a> {
     /// Sends one request on queue `q` (header and body in one readable descriptor, a 4 KiB
     /// writable one for the reply) and waits until the device used it. Returns the used
     /// length and the reply buffer.
-    fn send(&mut self, q: usize, opcode: Opcode, nodeid: u64, body: &[u8]) -> (u32, Vec<u8>) {
+    pub(super) fn send(
+        &mut self,
+        q: usize,
+        opcode: Opcode,
+        nodeid: u64,
+        body: &[u8],
+    ) -> (u32, Vec<u8>) {
         let unique = self.next_unique;
         self.next_unique += 1;
         let header = InHeader {
@@ -174,6 +181,55 @@ impl<'a> Driver<'a> {
                 .store(idx + i as u16, RawDescriptor::from(desc))
                 .unwrap();
         }
+        self.push_avail(q, idx);
+        self.events[q].write(1).unwrap();
+
+        let elem = self.wait_used(q);
+        assert_eq!(elem.id(), u32::from(idx), "{}", self.context);
+        let mut out = vec![0u8; REPLY_LEN as usize];
+        self.mem.read_slice(&mut out, GuestAddress(reply)).unwrap();
+        (elem.len(), out)
+    }
+
+    /// A request that has a reply: checks the reply header and returns the body.
+    pub(super) fn call(
+        &mut self,
+        opcode: Opcode,
+        nodeid: u64,
+        body: &[u8],
+    ) -> Result<Vec<u8>, i32> {
+        let unique = self.next_unique;
+        let (len, reply) = self.send(REQUEST_QUEUE, opcode, nodeid, body);
+        let header = OutHeader::from_slice(&reply[..std::mem::size_of::<OutHeader>()]).unwrap();
+        let ctx = &self.context;
+        assert_eq!(header.unique, unique, "{ctx}: {opcode:?}");
+        assert_eq!(
+            header.len, len,
+            "{ctx}: {opcode:?}: used length is the reply length"
+        );
+        if header.error != 0 {
+            return Err(-header.error);
+        }
+        Ok(reply[std::mem::size_of::<OutHeader>()..len as usize].to_vec())
+    }
+
+    /// FUSE_INIT as Linux sends it; checks that the device speaks our major version.
+    pub(super) fn init(&mut self) -> InitOut {
+        let init = InitIn {
+            major: KERNEL_VERSION,
+            minor: 31,
+            max_readahead: 0x2_0000,
+            flags: 0,
+        };
+        let reply = self.call(Opcode::Init, 0, init.as_slice());
+        let ctx = &self.context;
+        let out: InitOut = read_obj(&reply.unwrap_or_else(|e| panic!("{ctx}: INIT: {e}")));
+        assert_eq!(out.major, KERNEL_VERSION, "{ctx}");
+        out
+    }
+
+    /// Puts `head` in the next slot of queue `q`'s avail ring and publishes it.
+    pub(super) fn push_avail(&mut self, q: usize, head: u16) {
         let pos = self.avail[q];
         let ring_slot = usize::from(pos % QUEUE_SIZES[q]);
         self.queues[q]
@@ -181,29 +237,9 @@ impl<'a> Driver<'a> {
             .ring()
             .ref_at(ring_slot)
             .unwrap()
-            .store(idx);
+            .store(head);
         self.avail[q] = pos.wrapping_add(1);
         self.queues[q].avail().idx().store(self.avail[q]);
-        self.events[q].write(1).unwrap();
-
-        let elem = self.wait_used(q);
-        assert_eq!(elem.id(), u32::from(idx));
-        let mut out = vec![0u8; REPLY_LEN as usize];
-        self.mem.read_slice(&mut out, GuestAddress(reply)).unwrap();
-        (elem.len(), out)
-    }
-
-    /// A request that has a reply: checks the reply header and returns the body.
-    fn call(&mut self, opcode: Opcode, nodeid: u64, body: &[u8]) -> Result<Vec<u8>, i32> {
-        let unique = self.next_unique;
-        let (len, reply) = self.send(REQUEST_QUEUE, opcode, nodeid, body);
-        let header = OutHeader::from_slice(&reply[..std::mem::size_of::<OutHeader>()]).unwrap();
-        assert_eq!(header.unique, unique);
-        assert_eq!(header.len, len, "used length is the reply length");
-        if header.error != 0 {
-            return Err(-header.error);
-        }
-        Ok(reply[std::mem::size_of::<OutHeader>()..len as usize].to_vec())
     }
 
     fn used_idx(&self, q: usize) -> u16 {
@@ -211,31 +247,32 @@ impl<'a> Driver<'a> {
         self.mem.read_obj(used.unchecked_add(2)).unwrap()
     }
 
-    fn wait_used(&mut self, q: usize) -> VirtqUsedElem {
-        let deadline = Instant::now() + TIMEOUT;
-        while self.used_idx(q) == self.seen[q] {
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for a used buffer"
-            );
-            thread::sleep(Duration::from_micros(200));
+    /// The next entry of queue `q`'s used ring, if the device added one.
+    pub(super) fn try_used(&mut self, q: usize) -> Option<VirtqUsedElem> {
+        if self.used_idx(q) == self.seen[q] {
+            return None;
         }
         let slot = u64::from(self.seen[q] % QUEUE_SIZES[q]);
         let addr = self.queues[q]
             .start()
             .unchecked_add(USED_RING_OFFSET[q] + 4 + 8 * slot);
         self.seen[q] = self.seen[q].wrapping_add(1);
-        self.mem.read_obj(addr).unwrap()
+        Some(self.mem.read_obj(addr).unwrap())
+    }
+
+    fn wait_used(&mut self, q: usize) -> VirtqUsedElem {
+        let what = format!("{}: waiting for a used buffer", self.context);
+        wait_for(&what, || self.try_used(q))
     }
 }
 
-fn name(s: &str) -> Vec<u8> {
+pub(super) fn name(s: &str) -> Vec<u8> {
     let mut bytes = s.as_bytes().to_vec();
     bytes.push(0);
     bytes
 }
 
-fn read_obj<T: ByteValued>(bytes: &[u8]) -> T {
+pub(super) fn read_obj<T: ByteValued>(bytes: &[u8]) -> T {
     *T::from_slice(&bytes[..std::mem::size_of::<T>()]).unwrap()
 }
 
@@ -324,15 +361,7 @@ fn fuse_requests_round_trip_through_the_queues() {
     let (mut driver, ctx, interrupt) = Driver::new(&mem);
     dev.activate(ctx).unwrap();
 
-    let init = InitIn {
-        major: KERNEL_VERSION,
-        minor: 31,
-        max_readahead: 0x2_0000,
-        flags: 0,
-    };
-    let reply = driver.call(Opcode::Init, 0, init.as_slice()).unwrap();
-    let out: InitOut = read_obj(&reply);
-    assert_eq!(out.major, KERNEL_VERSION);
+    let out = driver.init();
     assert!(out.max_write > 0);
     assert_ne!(
         interrupt.status() & VIRTIO_MMIO_INT_VRING,
@@ -412,14 +441,13 @@ fn fuse_requests_round_trip_through_the_queues() {
     let mem = test_mem();
     let (mut driver, ctx, _irq) = Driver::new(&mem);
     dev.activate(ctx).unwrap();
-    let reply = driver.call(Opcode::Init, 0, init.as_slice()).unwrap();
-    assert_eq!(read_obj::<InitOut>(&reply).major, KERNEL_VERSION);
+    driver.init();
     assert!(driver
         .call(Opcode::Lookup, ROOT_ID, &name("hello.txt"))
         .is_ok());
 }
 
-fn lookup(fs: &PassthroughFs<()>, parent: u64, name: &CStr) -> std::io::Result<u64> {
+fn lookup(fs: &ServedFs, parent: u64, name: &CStr) -> std::io::Result<u64> {
     fs.lookup(&Context::default(), parent, name)
         .map(|e| e.inode)
 }

@@ -11,12 +11,9 @@ use std::io::Write;
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 
-use virtio_bindings::bindings::virtio_ring::{
-    VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
-};
-use virtio_queue::desc::split::{Descriptor as SplitDescriptor, VirtqUsedElem};
-use virtio_queue::desc::RawDescriptor;
-use vm_memory::{Bytes, GuestAddress, GuestMemory};
+use virtio_queue::desc::split::VirtqUsedElem;
+use virtio_queue::mock::MockSplitQueue;
+use vm_memory::{Bytes, GuestAddress};
 
 use super::packet::{
     VsockHeader, HDR_SIZE, HOST_CID, MAX_PKT_DATA, OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE,
@@ -26,7 +23,11 @@ use super::tests::{
     assert_eof, guest, host_client, new_device, push_avail, read_line, read_n, test_mem, used_idx,
     wait_used, Driver, TempDir, GUEST_CID, TIMEOUT,
 };
-use super::{VirtioDevice, Vsock, QUEUE_SIZE};
+use super::{VirtioDevice, QUEUE_SIZE};
+use crate::devices::virtio::fuzz_support::{
+    fuzz_heads, fuzz_table, post_batch, split_desc, split_len, worker_alive, FuzzQueue, Layout,
+    Rng, INDIRECT, NEXT, WRITE,
+};
 use crate::vstate::memory::GuestMemoryMmap;
 
 const SEED: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -36,9 +37,14 @@ const MEM_END: u64 = 0x100_0000;
 /// rings below 0x1_0000, its rx buffers from 0x10_0000 and its tx buffers from 0x40_0000).
 const FUZZ_BASE: u64 = 0x80_0000;
 const HDR: u32 = HDR_SIZE as u32;
-const NEXT: u16 = VRING_DESC_F_NEXT as u16;
-const WRITE: u16 = VRING_DESC_F_WRITE as u16;
-const INDIRECT: u16 = VRING_DESC_F_INDIRECT as u16;
+/// tx buffers are only read, so fuzzed ones may point anywhere, rings included.
+const LAYOUT: Layout = Layout {
+    mem_end: MEM_END,
+    scratch: FUZZ_BASE,
+    hdr: HDR,
+    max_data: MAX_PKT_DATA as u32,
+    replies: None,
+};
 
 const TX_BATCHES: usize = 40;
 const TX_BATCH: usize = 128;
@@ -57,121 +63,7 @@ const RX_SLOT: u64 = 0x8000;
 const RX_TABLE: u64 = 0x7000;
 const RX_MAX_DESCS: usize = 6;
 
-/// xorshift64: small, fast and reproducible.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    /// A value in `0..n` (`n > 0`); the modulo bias does not matter here.
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn below32(&mut self, n: u32) -> u32 {
-        // The result is below `n`.
-        self.below(u64::from(n)) as u32
-    }
-
-    fn below16(&mut self, n: u16) -> u16 {
-        // The result is below `n`.
-        self.below(u64::from(n)) as u16
-    }
-
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-
-    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-        items[self.below(items.len() as u64) as usize]
-    }
-}
-
-fn in_scratch(addr: u64, len: u64) -> bool {
-    addr >= FUZZ_BASE && addr.checked_add(len).is_some_and(|end| end <= MEM_END)
-}
-
-fn split_desc(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
-    RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
-}
-
-/// Checks the memory layout these tests assume and prints the seed.
-fn start(mem: &GuestMemoryMmap, test: &str) {
-    assert_eq!(mem.last_addr(), GuestAddress(MEM_END - 1));
-    eprintln!("{test}: seed {SEED:#x}");
-}
-
-fn worker_alive(dev: &Vsock) -> bool {
-    dev.worker.as_ref().is_some_and(|w| !w.thread.is_finished())
-}
-
 // ---- tx: fully random descriptor tables ----
-
-/// An address in the scratch area, anywhere in memory (rings included: tx buffers are only read),
-/// just below the end of memory, far outside it, or near `u64::MAX`.
-fn fuzz_addr(rng: &mut Rng) -> u64 {
-    match rng.below(10) {
-        0..=4 => FUZZ_BASE + rng.below(MEM_END - FUZZ_BASE),
-        5 => rng.below(MEM_END),
-        6 => MEM_END - 1 - rng.below(2 * u64::from(HDR)),
-        7 => MEM_END + rng.below(1 << 40),
-        8 => rng.next(),
-        _ => u64::MAX - rng.below(2 * u64::from(HDR)),
-    }
-}
-
-fn fuzz_len(rng: &mut Rng) -> u32 {
-    match rng.below(10) {
-        0 => 0,
-        1 => 1,
-        2 => HDR - 1,
-        3 => HDR,
-        4 => HDR + rng.below32(64),
-        5 => rng.below32(2 * MAX_PKT_DATA as u32),
-        6 => u32::MAX,
-        7 => u32::MAX - rng.below32(HDR),
-        8 => rng.next() as u32,
-        _ => 16 * rng.below32(9),
-    }
-}
-
-/// NEXT, WRITE and INDIRECT in any combination, now and then with undefined bits.
-fn fuzz_flags(rng: &mut Rng) -> u16 {
-    let mut flags = 0;
-    if rng.chance(50) {
-        flags |= NEXT;
-    }
-    if rng.chance(15) {
-        flags |= WRITE;
-    }
-    if rng.chance(10) {
-        flags |= INDIRECT;
-    }
-    if rng.chance(3) {
-        flags |= rng.next() as u16;
-    }
-    flags
-}
-
-/// The `next` of entry `idx` in a table of `size`: itself, a neighbour (cycles), anywhere in the
-/// table, or past its end.
-fn fuzz_next(rng: &mut Rng, idx: u16, size: u16) -> u16 {
-    match rng.below(6) {
-        0 => idx,
-        1 => idx.wrapping_add(1),
-        2 => idx.wrapping_sub(1),
-        3 => (u64::from(size) + rng.below(u64::from(u16::MAX - size) + 1)) as u16,
-        4 => u16::MAX,
-        _ => rng.below16(size.max(1)),
-    }
-}
 
 fn fuzz_header(rng: &mut Rng) -> VsockHeader {
     let port = |rng: &mut Rng| {
@@ -210,75 +102,49 @@ fn fuzz_header(rng: &mut Rng) -> VsockHeader {
     }
 }
 
-/// A random descriptor for entry `idx` of a table of `size`. Where its buffer starts in the
-/// scratch area, a random header is usually written there; an INDIRECT descriptor usually points
-/// at a random table written into the scratch area (`nested` stops that recursion, and an
-/// INDIRECT flag inside it is itself an error the device must survive).
-fn fuzz_desc(
-    rng: &mut Rng,
-    mem: &GuestMemoryMmap,
-    idx: u16,
-    size: u16,
-    nested: bool,
-) -> RawDescriptor {
-    let mut addr = fuzz_addr(rng);
-    let mut len = fuzz_len(rng);
-    let flags = fuzz_flags(rng);
-    let next = fuzz_next(rng, idx, size);
-    if flags & INDIRECT != 0 && !nested && rng.chance(60) {
-        let entries = rng.below16(9);
-        addr = FUZZ_BASE + 16 * rng.below((MEM_END - FUZZ_BASE) / 16 - 8);
-        len = 16 * u32::from(entries);
-        if rng.chance(20) {
-            len += 1 + rng.below32(15);
-        }
-        for i in 0..entries {
-            let entry = fuzz_desc(rng, mem, i, entries, true);
-            mem.write_obj(entry, GuestAddress(addr + 16 * u64::from(i)))
-                .unwrap();
-        }
-    } else if in_scratch(addr, u64::from(HDR)) && rng.chance(60) {
-        mem.write_slice(&fuzz_header(rng).to_bytes(), GuestAddress(addr))
-            .unwrap();
+/// The tx queue, as [`FuzzQueue`] drives it.
+struct TxQueue<'d, 'a>(&'d mut Driver<'a>);
+
+impl FuzzQueue for TxQueue<'_, '_> {
+    fn queue(&self) -> &MockSplitQueue<'_, GuestMemoryMmap> {
+        &self.0.txq
     }
-    split_desc(addr, len, flags, next)
+
+    fn size(&self) -> u16 {
+        QUEUE_SIZE
+    }
+
+    fn push(&mut self, head: u16) {
+        push_avail(&self.0.txq, &mut self.0.tx_avail, head);
+    }
+
+    fn notify(&mut self) {
+        self.0.tx_evt.write(1).unwrap();
+    }
+
+    fn try_used(&mut self) -> Option<VirtqUsedElem> {
+        let drv = &mut *self.0;
+        (used_idx(drv.mem, &drv.txq) != drv.tx_seen)
+            .then(|| wait_used(drv.mem, &drv.txq, &mut drv.tx_seen))
+    }
 }
 
-/// Fills the whole tx descriptor table at random, posts `TX_BATCH` random heads (a few outside
-/// the queue) and checks that the device returns each head inside the queue, in order, with used
-/// length 0.
+/// Fills the whole tx descriptor table at random (a random header at the start of most buffers
+/// in the scratch area), posts `TX_BATCH` random heads (a few outside the queue) and checks that
+/// the device returns each head inside the queue, in order, with used length 0.
 fn fuzz_tx_batch(rng: &mut Rng, drv: &mut Driver<'_>, batch: usize) {
     let mem = drv.mem;
-    for idx in 0..QUEUE_SIZE {
-        let desc = fuzz_desc(rng, mem, idx, QUEUE_SIZE, false);
-        drv.txq.desc_table().store(idx, desc).unwrap();
+    let mut fill = |rng: &mut Rng, addr: u64| {
+        mem.write_slice(&fuzz_header(rng).to_bytes(), GuestAddress(addr))
+            .unwrap();
+    };
+    let mut txq = TxQueue(drv);
+    fuzz_table(rng, mem, &LAYOUT, &mut txq, &mut fill);
+    let heads = fuzz_heads(rng, QUEUE_SIZE, TX_BATCH);
+    let ctx = format!("seed {SEED:#x}, tx batch {batch}");
+    for (i, elem) in post_batch(&mut txq, &heads, &ctx).iter().enumerate() {
+        assert_eq!(elem.len(), 0, "{ctx}: used entry {i}");
     }
-    let heads: Vec<u16> = (0..TX_BATCH)
-        .map(|_| {
-            if rng.chance(3) {
-                QUEUE_SIZE + rng.below16(u16::MAX - QUEUE_SIZE)
-            } else {
-                rng.below16(QUEUE_SIZE)
-            }
-        })
-        .collect();
-    for &head in &heads {
-        push_avail(&drv.txq, &mut drv.tx_avail, head);
-    }
-    drv.tx_evt.write(1).unwrap();
-    for (i, head) in heads.iter().filter(|&&h| h < QUEUE_SIZE).enumerate() {
-        let elem = wait_used(mem, &drv.txq, &mut drv.tx_seen);
-        assert_eq!(
-            (elem.id(), elem.len()),
-            (u32::from(*head), 0),
-            "seed {SEED:#x}, tx batch {batch}: used entry {i}"
-        );
-    }
-    assert_eq!(
-        used_idx(mem, &drv.txq),
-        drv.tx_seen,
-        "seed {SEED:#x}, tx batch {batch}: more used entries than valid heads"
-    );
 }
 
 /// The next packet for guest port `port`, skipping the RSTs the fuzzed packets earned.
@@ -343,7 +209,7 @@ fn guest_round_trip(drv: &mut Driver<'_>, service: &UnixListener, port: u32, ctx
 fn fuzzed_tx_chains_are_returned_and_device_keeps_working() {
     let dir = TempDir::new();
     let mem = test_mem();
-    start(&mem, "fuzz tx");
+    LAYOUT.start(&mem, SEED, "fuzz tx");
     let mut dev = new_device(&dir);
     let mut service_path = dev.uds_path().as_os_str().to_owned();
     service_path.push(format!("_{SERVICE_PORT}"));
@@ -357,7 +223,10 @@ fn fuzzed_tx_chains_are_returned_and_device_keeps_working() {
         drv.add_rx(free);
         fuzz_tx_batch(&mut rng, &mut drv, batch);
         let ctx = format!("seed {SEED:#x}, after tx batch {batch}");
-        assert!(worker_alive(&dev), "{ctx}: the worker thread died");
+        assert!(
+            worker_alive(dev.worker.as_ref()),
+            "{ctx}: the worker thread died"
+        );
         let port = LIVE_PORT + batch as u32;
         if batch % 2 == 0 {
             host_round_trip(&mut drv, dev.uds_path(), port, &ctx);
@@ -365,7 +234,7 @@ fn fuzzed_tx_chains_are_returned_and_device_keeps_working() {
             guest_round_trip(&mut drv, &service, port, &ctx);
         }
     }
-    assert!(worker_alive(&dev));
+    assert!(worker_alive(dev.worker.as_ref()));
 }
 
 // ---- rx: malformed and odd buffers ahead of host data ----
@@ -406,14 +275,6 @@ struct RxChain {
     descs: Vec<u16>,
     kind: RxKind,
     segs: Vec<(u64, u32)>,
-}
-
-/// `n` lengths summing to `total`, some of them possibly zero.
-fn split_len(rng: &mut Rng, total: u32, n: usize) -> Vec<u32> {
-    let mut cuts: Vec<u32> = (1..n).map(|_| rng.below32(total + 1)).collect();
-    cuts.extend([0, total]);
-    cuts.sort_unstable();
-    cuts.windows(2).map(|w| w[1] - w[0]).collect()
 }
 
 /// Writable buffers of lengths `lens` in the pages of the slot at `base`, linked in order.
@@ -671,7 +532,7 @@ fn fuzzed_rx_buffers_are_returned_and_data_arrives_intact() {
     const PORT: u32 = 1234;
     let dir = TempDir::new();
     let mem = test_mem();
-    start(&mem, "fuzz rx");
+    LAYOUT.start(&mem, SEED, "fuzz rx");
     let mut dev = new_device(&dir);
     let (mut drv, ctx, _irq) = Driver::new(&mem);
     drv.rx_free.retain(|&i| i < PROPER_RX);
@@ -708,7 +569,10 @@ fn fuzzed_rx_buffers_are_returned_and_data_arrives_intact() {
             got.extend(data);
         }
         assert!(got == chunk, "{ctx}: data corrupted");
-        assert!(worker_alive(&dev), "{ctx}: the worker thread died");
+        assert!(
+            worker_alive(dev.worker.as_ref()),
+            "{ctx}: the worker thread died"
+        );
         // Within the 64 KiB the guest advertised: hand the credit back.
         received = received.wrapping_add(len as u32);
         let update = VsockHeader {
@@ -723,7 +587,7 @@ fn fuzzed_rx_buffers_are_returned_and_data_arrives_intact() {
     assert_eq!(read_n(&mut host, 4), b"done");
     drv.send(guest(OP_RST, PORT, local), &[]);
     assert_eof(&mut host);
-    assert!(worker_alive(&dev));
+    assert!(worker_alive(dev.worker.as_ref()));
     eprintln!(
         "returned (junk, header-only, scattered, harness): {:?}; header-only with a packet: {}",
         fz.returned, fz.header_only_used
