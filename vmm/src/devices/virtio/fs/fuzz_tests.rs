@@ -21,7 +21,7 @@
 //!
 //! These tests found a bug of fuse-backend-rs 0.14 that let a guest read a host file outside the
 //! share (READ or WRITE flags that `fcntl(F_SETFL)` refuses closed the handle's host fd but kept
-//! the handle); the device now serves the passthrough through `pinned_flags`, and the fuzzer
+//! the handle); the device now serves the passthrough through `guarded_passthrough`, and the fuzzer
 //! sends every flag, O_DIRECT, O_NOATIME, O_PATH and O_ASYNC included.
 //!
 //! The generator is a fixed-seed xorshift64, so a run replays exactly; every assertion names the

@@ -25,7 +25,7 @@
 //! uid/gid, and lets the guest set any xattr and create device nodes and set-id files: mount
 //! the shared directory `nosuid,nodev` on the host, and give each VM a directory of its own.
 
-mod pinned_flags;
+mod guarded_passthrough;
 mod worker;
 
 #[cfg(test)]
@@ -42,7 +42,7 @@ use std::time::Duration;
 use fuse_backend_rs::api::filesystem::FileSystem;
 use fuse_backend_rs::api::server::Server;
 
-use self::pinned_flags::PinnedFlagsFs;
+use self::guarded_passthrough::GuardedPassthrough;
 use fuse_backend_rs::passthrough::{CachePolicy, Config as PassthroughConfig, PassthroughFs};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -72,10 +72,10 @@ const QUEUE_SIZES: [u16; 2] = [HIPRIO_QUEUE_SIZE, REQUEST_QUEUE_SIZE];
 const CONFIG_SPACE_SIZE: usize = TAG_MAX_LEN + 4;
 const DEVICE_NAME: &str = "fs";
 
-/// The passthrough file system, the layer the device serves it through (see `pinned_flags`),
+/// The passthrough file system, the layer the device serves it through (see `guarded_passthrough`),
 /// and the FUSE server in front of them.
 type Passthrough = PassthroughFs<()>;
-type ServedFs = PinnedFlagsFs;
+type ServedFs = GuardedPassthrough;
 pub(crate) type FuseServer = Server<Arc<ServedFs>>;
 
 /// What the builder configures: one shared directory under one tag.
@@ -196,7 +196,7 @@ impl Fs {
         };
         let fs = PassthroughFs::new(passthrough_config(root_dir)).map_err(passthrough_error)?;
         fs.import().map_err(passthrough_error)?;
-        let fs = Arc::new(PinnedFlagsFs::new(Arc::new(fs)));
+        let fs = Arc::new(GuardedPassthrough::new(Arc::new(fs)));
         let server = Arc::new(Server::new(fs.clone()));
 
         let mut config_space = [0u8; CONFIG_SPACE_SIZE];

@@ -1,20 +1,24 @@
-//! The file system the device serves: fuse-backend-rs's passthrough, with every open handle's
-//! flags pinned at OPEN/CREATE.
+//! The file system the device serves: fuse-backend-rs's passthrough behind two guards against a
+//! hostile guest.
 //!
-//! Why: fuse-backend-rs 0.14's passthrough `read` and `write` wrap the handle's host descriptor
-//! in a `File` and, when the request's flags differ from the handle's, call
-//! `fcntl(F_SETFL)` *before* protecting the `File` from being dropped. When the kernel refuses
-//! the change (O_DIRECT on a directory or on tmpfs, anything on an O_PATH descriptor, O_NOATIME
-//! on a file the VMM does not own) the early return closes the handle's descriptor while the
-//! handle stays valid. The next descriptor the VMM opens takes the same number, and the guest's
-//! handle then reads or writes that file: found by the fuzz tests, shown there to read a host
-//! file outside the share.
+//! **Handle flags are pinned at OPEN/CREATE.** fuse-backend-rs 0.14's passthrough `read` and
+//! `write` wrap the handle's host descriptor in a `File` and, when the request's flags differ
+//! from the handle's, call `fcntl(F_SETFL)` *before* protecting the `File` from being dropped.
+//! When the kernel refuses the change (O_DIRECT on a directory or on tmpfs, anything on an
+//! O_PATH descriptor, O_NOATIME on a file the VMM does not own) the early return closes the
+//! handle's descriptor while the handle stays valid. The next descriptor the VMM opens takes the
+//! same number, and the guest's handle then reads or writes that file: found by the fuzz tests,
+//! shown there to read a host file outside the share. The guest's per-request flags only carry
+//! what `fcntl(F_SETFL)` can change (O_APPEND, O_NONBLOCK, O_DIRECT, O_NOATIME, O_ASYNC), none of
+//! which the passthrough needs after open: it reads and writes at explicit offsets. So this
+//! layer records the flags each handle was opened with and hands exactly those to `read` and
+//! `write`; the passthrough then never calls `fcntl`. A handle it does not know gets EBADF.
 //!
-//! The guest's per-request flags only carry what `fcntl(F_SETFL)` can change (O_APPEND,
-//! O_NONBLOCK, O_DIRECT, O_NOATIME, O_ASYNC), none of which the passthrough needs after open: it
-//! reads and writes at explicit offsets. So this layer records the flags each handle was opened
-//! with and hands exactly those to `read` and `write`; the passthrough then never calls `fcntl`
-//! at all. A request for a handle it does not know gets EBADF. Everything else is delegated.
+//! **Xattr buffers are capped.** The passthrough reserves the guest's `size` for GETXATTR and
+//! LISTXATTR up front (up to 4 GiB); Linux never asks for more than `XATTR_SIZE_MAX` (64 KiB),
+//! which is also the most a value or a list can be, so larger requests are cut to that.
+//!
+//! Everything else is delegated unchanged.
 
 use std::collections::HashMap;
 use std::ffi::CStr;
@@ -33,16 +37,19 @@ use super::Passthrough;
 type Inode = u64;
 type Handle = u64;
 
-/// The passthrough with pinned handle flags. See the module docs.
-pub struct PinnedFlagsFs {
+/// The most an xattr value or name list can be (`XATTR_SIZE_MAX`, linux/limits.h).
+const XATTR_SIZE_MAX: u32 = 65536;
+
+/// The passthrough behind the guards. See the module docs.
+pub struct GuardedPassthrough {
     inner: Arc<Passthrough>,
     /// Each open file handle and the flags the passthrough recorded for it at open.
     handles: Mutex<HashMap<Handle, u32>>,
 }
 
-impl PinnedFlagsFs {
+impl GuardedPassthrough {
     pub fn new(inner: Arc<Passthrough>) -> Self {
-        PinnedFlagsFs {
+        GuardedPassthrough {
             inner,
             handles: Mutex::new(HashMap::new()),
         }
@@ -67,7 +74,7 @@ impl PinnedFlagsFs {
     }
 }
 
-impl FileSystem for PinnedFlagsFs {
+impl FileSystem for GuardedPassthrough {
     type Inode = Inode;
     type Handle = Handle;
 
@@ -318,11 +325,12 @@ impl FileSystem for PinnedFlagsFs {
         name: &CStr,
         size: u32,
     ) -> io::Result<GetxattrReply> {
-        self.inner.getxattr(ctx, inode, name, size)
+        self.inner
+            .getxattr(ctx, inode, name, size.min(XATTR_SIZE_MAX))
     }
 
     fn listxattr(&self, ctx: &Context, inode: Inode, size: u32) -> io::Result<ListxattrReply> {
-        self.inner.listxattr(ctx, inode, size)
+        self.inner.listxattr(ctx, inode, size.min(XATTR_SIZE_MAX))
     }
 
     fn removexattr(&self, ctx: &Context, inode: Inode, name: &CStr) -> io::Result<()> {
