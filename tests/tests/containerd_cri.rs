@@ -52,7 +52,7 @@ const HANDLERS: [&str; 2] = ["nutshell", "runc"];
 #[test]
 fn containerd_cri() {
     Group::new("containerd_cri")
-        .deadline(Duration::from_secs(1500))
+        .deadline(Duration::from_secs(900))
         .host_env(|| {
             // Builds the busybox test image (build/test-image/oci) on this side as well.
             GuestImage::locate_test();

@@ -18,7 +18,7 @@ const NAMESPACE: &str = "nutshell-e2e";
 #[test]
 fn containerd_shim() {
     Group::new("containerd_shim")
-        .deadline(Duration::from_secs(900))
+        .deadline(Duration::from_secs(400))
         .host_env(|| {
             // Builds the busybox test image (build/test-image/oci) on this side as well.
             GuestImage::locate_test();

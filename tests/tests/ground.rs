@@ -20,7 +20,7 @@ use nutshell_tests::ground::{self, Group, ON_KVM_HOST_ENV};
 #[test]
 fn kvm_host() {
     Group::new("kvm_host")
-        .deadline(Duration::from_secs(600))
+        .deadline(Duration::from_secs(400))
         .host_env(l2::host_assets)
         .run(&[
             ("long_mode_snippet", longmode::long_mode_snippet),

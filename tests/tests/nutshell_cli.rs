@@ -17,7 +17,7 @@ use nutshell_tests::pod_guest::{scratch_dir, GuestImage};
 #[test]
 fn nutshell_cli() {
     Group::new("nutshell_cli")
-        .deadline(Duration::from_secs(900))
+        .deadline(Duration::from_secs(400))
         .host_env(|| {
             // Builds the busybox test image (build/test-image/oci) on this side as well.
             GuestImage::locate_test();

@@ -21,7 +21,7 @@ const AGENT_TIMEOUT: Duration = Duration::from_secs(90);
 #[test]
 fn pod_containers() {
     Group::new("pod_containers")
-        .deadline(Duration::from_secs(600))
+        .deadline(Duration::from_secs(300))
         .host_env(|| GuestImage::locate_test().env_test())
         .run(&[("containers_share_the_pod", containers_share_the_pod)]);
 }

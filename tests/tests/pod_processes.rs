@@ -20,7 +20,7 @@ const AGENT_TIMEOUT: Duration = Duration::from_secs(90);
 #[test]
 fn pod_processes() {
     Group::new("pod_processes")
-        .deadline(Duration::from_secs(600))
+        .deadline(Duration::from_secs(300))
         .host_env(|| GuestImage::locate_test().env_test())
         .run(&[("processes_of_a_pod", processes_of_a_pod)]);
 }

@@ -18,7 +18,7 @@ const CALL: Duration = Duration::from_secs(30);
 #[test]
 fn pod_sandbox() {
     Group::new("pod_sandbox")
-        .deadline(Duration::from_secs(600))
+        .deadline(Duration::from_secs(300))
         .host_env(|| GuestImage::locate().env())
         .run(&[("sandbox_lifecycle_and_modes", sandbox_lifecycle_and_modes)]);
 }

@@ -21,7 +21,7 @@ const AGENT_TIMEOUT: Duration = Duration::from_secs(90);
 #[test]
 fn seed_pod() {
     Group::new("seed_pod")
-        .deadline(Duration::from_secs(600))
+        .deadline(Duration::from_secs(300))
         .host_env(|| GuestImage::locate_test().env_test())
         .run(&[("seed_pod_and_teardown", seed_pod_and_teardown)]);
 }

@@ -31,7 +31,7 @@ const MARKER_TEXT: &str = "host secret outside the share";
 #[test]
 fn virtio_fs() {
     Group::new("virtio_fs")
-        .deadline(Duration::from_secs(600))
+        .deadline(Duration::from_secs(300))
         .host_env(|| GuestImage::locate_test().env_test())
         .run(&[("share_serves_rootfs_and_data", share_serves_rootfs_and_data)]);
 }

@@ -15,7 +15,7 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 #[test]
 fn vmm_boot() {
     Group::new("vmm_boot")
-        .deadline(Duration::from_secs(900))
+        .deadline(Duration::from_secs(300))
         .host_env(|| GuestImage::locate().env())
         .run(&[
             ("boots_talks_and_powers_off", boots_talks_and_powers_off),
