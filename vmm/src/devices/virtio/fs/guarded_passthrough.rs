@@ -13,6 +13,7 @@
 //! which the passthrough needs after open: it reads and writes at explicit offsets. So this
 //! layer records the flags each handle was opened with and hands exactly those to `read` and
 //! `write`; the passthrough then never calls `fcntl`. A handle it does not know gets EBADF.
+//! (`write`'s `seal_size` check has the same flaw; the device leaves `seal_size` off.)
 //!
 //! **Xattr buffers are capped.** The passthrough reserves the guest's `size` for GETXATTR and
 //! LISTXATTR up front (up to 4 GiB); Linux never asks for more than `XATTR_SIZE_MAX` (64 KiB),

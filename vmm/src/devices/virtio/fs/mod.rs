@@ -142,6 +142,9 @@ fn passthrough_config(root_dir: String) -> PassthroughConfig {
         // The passthrough imports its root again on every FUSE_INIT (a guest that mounts
         // again, or reboots, starts from a fresh inode table) and negotiates its own options.
         do_import: true,
+        // Must stay off: its early return in `write` closes the handle's host fd, as the
+        // refused flags did (see `guarded_passthrough`).
+        seal_size: false,
         ..PassthroughConfig::default()
     }
 }
