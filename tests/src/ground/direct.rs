@@ -77,5 +77,6 @@ pub(crate) fn run(
         stderr,
         l1_boot: None,
         command_time,
+        l1_console_tail: String::new(),
     })
 }

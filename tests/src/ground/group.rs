@@ -150,11 +150,13 @@ impl Group {
             let stderr = outcome.stderr_text();
             panic!(
                 "group {name} failed on the KVM host ({}); failed cases: [{}]\n\
-                 --- its stdout ends ---\n{}\n--- its stderr ends ---\n{}",
+                 --- its stdout ends ---\n{}\n--- its stderr ends ---\n{}\n\
+                 --- the L1 console ends ---\n{}",
                 outcome.status,
                 failed.join(", "),
                 super::assets::last_lines(&stdout, 40),
                 super::assets::last_lines(&stderr, 40),
+                outcome.l1_console_tail,
             );
         }
         let marker = format!("nutshell-ground: group {name} ran {expected} cases");

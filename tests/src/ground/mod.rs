@@ -229,6 +229,8 @@ pub struct GroundOutcome {
     pub l1_boot: Option<Duration>,
     /// How long the command ran.
     pub command_time: Duration,
+    /// The end of L1's console (its kernel's messages: OOM kills, oopses); empty in direct mode.
+    pub l1_console_tail: String,
 }
 
 impl GroundOutcome {

@@ -154,6 +154,7 @@ pub(crate) fn run(
         stderr,
         l1_boot: Some(ready.saturating_duration_since(spawned)),
         command_time: finished.saturating_duration_since(ready),
+        l1_console_tail: console_tail(),
     })
 }
 
