@@ -266,7 +266,8 @@ pub fn stop(cli: &Cli, pod: &str) -> Result<()> {
 
 pub fn rm(cli: &Cli, pod: &str, force: bool) -> Result<()> {
     let (dirs, state) = load(cli, pod)?;
-    let live = state.phase.is_live() && state.supervisor_pid.is_some_and(process_alive);
+    // A pod whose VMM died is a crash even before its supervisor records it (as `ps` shows).
+    let live = state.phase.is_live() && state.crashed_unrecorded().is_none();
     if live && !force {
         bail!(
             "pod {pod:?} is {}: stop it first, or `nutshell rm -f`",

@@ -11,15 +11,10 @@ use crate::Cli;
 
 /// The phase to show: a live phase whose supervisor or VMM is gone is a crash `ps` reports.
 fn shown_phase(state: &PodState) -> String {
-    if state.phase.is_live() {
-        if !state.supervisor_pid.is_some_and(process_alive) {
-            return "crashed (supervisor gone)".into();
-        }
-        if state.vmm_pid.is_some_and(|p| !process_alive(p)) {
-            return "crashed (VMM gone)".into();
-        }
+    match state.crashed_unrecorded() {
+        Some(why) => format!("crashed ({why})"),
+        None => state.phase.name().into(),
     }
-    state.phase.name().into()
 }
 
 pub fn ps(cli: &Cli) -> Result<()> {

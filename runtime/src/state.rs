@@ -91,6 +91,22 @@ impl PodState {
     pub fn container_mut(&mut self, name: &str) -> Option<&mut ContainerState> {
         self.containers.iter_mut().find(|c| c.name == name)
     }
+
+    /// Why a pod recorded in a live phase has crashed although its supervisor has not recorded
+    /// it yet (or never will): its supervisor or its VMM is gone. `None` when it is not live or
+    /// both are running. `ps` shows it and `rm` accepts such a pod without `-f`.
+    pub fn crashed_unrecorded(&self) -> Option<&'static str> {
+        if !self.phase.is_live() {
+            return None;
+        }
+        if !self.supervisor_pid.is_some_and(process_alive) {
+            return Some("supervisor gone");
+        }
+        if self.vmm_pid.is_some_and(|p| !process_alive(p)) {
+            return Some("VMM gone");
+        }
+        None
+    }
 }
 
 /// Whether process `pid` is alive (and not a zombie).
